@@ -1,0 +1,18 @@
+"""Training runs: train a model into a run directory, resume it, load it back.
+
+- :func:`train` -- ``train(config, out_dir, *, overwrite=False, resume=False, progress=True)`` -> :class:`Run`
+- :func:`load_run` -- ``load_run(run_dir, epoch=None)`` -> :class:`Run` (model in eval mode)
+- :class:`TrainConfig` -- every setting (a dict of its fields is accepted wherever a config is)
+- :func:`evaluate` -- ``evaluate(model, x, y, batch_size=4096)`` -> ``(loss, acc)``
+
+The run directory layout is described in :mod:`singledir.training.rundir`; the determinism and resume
+guarantees in :mod:`singledir.training.loop`.
+"""
+
+from __future__ import annotations
+
+from singledir.training.config import DEFAULT_EPOCHS, TrainConfig, log_epochs
+from singledir.training.loop import evaluate, train
+from singledir.training.rundir import Run, load_model, load_run
+
+__all__ = ["train", "load_run", "load_model", "Run", "TrainConfig", "evaluate", "log_epochs", "DEFAULT_EPOCHS"]

@@ -1,0 +1,388 @@
+"""Run directories: atomic file writes, the Run object, and load_run.
+
+Layout of a run directory (``COMPLETE`` is written last; a run is complete only when it exists)::
+
+    config.json                 every setting (flat TrainConfig fields) + versions, host, data, corruption
+    history.csv                 one row per epoch (epoch 0 = the untrained model)
+    checkpoints/epoch_NNNN.safetensors   requested checkpoints (+ epoch 0 when any are requested)
+    model.safetensors           final weights
+    corruption.safetensors      labels (trained on), clean_labels, changed_mask
+    state.pt                    resume state (model, optimizer, epoch, RNG); torch.load(weights_only=True)
+    final.json                  final metrics, stopped_reason, wall time
+    COMPLETE
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from singledir.errors import RunDirError, SingledirError
+
+CONFIG = "config.json"
+HISTORY = "history.csv"
+CKPT_DIR = "checkpoints"
+MODEL = "model.safetensors"
+CORRUPTION = "corruption.safetensors"
+STATE = "state.pt"
+FINAL = "final.json"
+COMPLETE = "COMPLETE"
+
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "train_acc_clean",
+    "test_loss",
+    "test_acc",
+    "running_loss",
+    "lr",
+    "seconds",
+]
+
+
+# ---------------------------------------------------------------------------- atomic writes
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + f".tmp{os.getpid()}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = _tmp(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def atomic_save_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = _tmp(path)
+    save_file(
+        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+        str(tmp),
+        metadata={k: str(v) for k, v in (metadata or {}).items()},
+    )
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    tmp = _tmp(path)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_history(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, history_frame(rows).to_csv(index=False))
+
+
+def history_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+def checkpoint_path(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / CKPT_DIR / f"epoch_{epoch:04d}.safetensors"
+
+
+# ---------------------------------------------------------------------------- environment
+@functools.lru_cache(maxsize=1)
+def git_revision() -> str | None:
+    """``git rev-parse HEAD`` in the package's directory, or None when it is not in a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = out.stdout.strip()
+    return rev if out.returncode == 0 and rev else None
+
+
+def environment() -> dict:
+    """Versions, git revision and host of the running process (JSON-able)."""
+    import numpy
+
+    from singledir import __version__
+
+    return {
+        "versions": {
+            "singledir": __version__,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "numpy": numpy.__version__,
+        },
+        "git_revision": git_revision(),
+        "host": {
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- reading run dirs
+def read_config(run_dir: Path) -> dict:
+    """The run's config.json; RunDirError when the directory is missing or not a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist; train one with `singledir train --out {run_dir}`")
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG}); pass a directory made by `singledir train`")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"cannot read {path}: {err}; the run directory is damaged, train it again") from None
+    if not isinstance(cfg, dict) or "model_config" not in cfg:
+        raise RunDirError(f"{path} is not a singledir run config; pass a directory made by `singledir train`")
+    return cfg
+
+
+def is_complete(run_dir: Path) -> bool:
+    return (Path(run_dir) / COMPLETE).is_file()
+
+
+def saved_checkpoint_epochs(run_dir: Path) -> list[int]:
+    out = []
+    d = Path(run_dir) / CKPT_DIR
+    if d.is_dir():
+        for p in d.glob("epoch_*.safetensors"):
+            try:
+                out.append(int(p.stem.split("_", 1)[1]))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def build_from_config(config: dict) -> nn.Module:
+    """The run's architecture (random weights), rebuilt with singledir.models.build_model."""
+    from singledir.models import build_model
+
+    mc = dict(config["model_config"])
+    name = mc.pop("name")
+    return build_model(name, mc.pop("input_shape"), mc.pop("num_classes"), **mc)
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types
+        raise RunDirError(f"cannot read weights {path}: {err}; the run directory is damaged") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise RunDirError(f"weights {path} do not fit the run's model ({first})") from None
+    return model
+
+
+# ---------------------------------------------------------------------------- Run
+class Run:
+    """A training run: its config, model (eval mode), data with the run's labels, history.
+
+    Attributes: ``run_dir`` (Path), ``config`` (dict, the parsed config.json: flat TrainConfig fields plus
+    ``versions``, ``git_revision``, ``host``, ``data``, ``corruption``, ``model_config``, ``start_time``),
+    ``model`` (nn.Module in eval mode, on the CPU), ``data`` (Dataset whose ``y_train`` are the labels the run
+    trained on -- corrupted if corruption was applied; loaded on first access), ``clean_train_labels``,
+    ``corrupted_mask`` (bool, labels that changed), ``history`` (DataFrame, one row per epoch, epoch 0 = the
+    untrained model), ``epoch`` (the epoch of ``model``'s weights), ``checkpoint_epochs`` (every epoch whose
+    weights can be loaded with ``load_run(run_dir, epoch=...)``, including the final one), ``final``
+    (final.json: final metrics and ``stopped_reason``).
+    """
+
+    def __init__(
+        self,
+        run_dir,
+        config: dict,
+        model: nn.Module,
+        *,
+        clean_train_labels: torch.Tensor,
+        corrupted_mask: torch.Tensor,
+        train_labels: torch.Tensor,
+        history: pd.DataFrame,
+        epoch: int,
+        checkpoint_epochs: list[int],
+        final: dict | None = None,
+        data=None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.model = model
+        self.clean_train_labels = clean_train_labels
+        self.corrupted_mask = corrupted_mask
+        self.train_labels = train_labels
+        self.history = history
+        self.epoch = epoch
+        self.checkpoint_epochs = checkpoint_epochs
+        self.final = final or {}
+        self._data = data
+
+    @property
+    def data(self):
+        """The run's Dataset (same tensors, checked by fingerprint) with ``y_train`` = the run's labels."""
+        if self._data is None:
+            self._data = load_run_data(self.config, self.train_labels)
+        return self._data
+
+    def model_at(self, epoch: int | None) -> nn.Module:
+        """The model (eval mode) with the weights of ``epoch`` (None = final)."""
+        return load_model(self.run_dir, epoch, config=self.config)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"Run({str(self.run_dir)!r}, dataset={c.get('dataset')!r}, model={c.get('model')!r}, "
+            f"corrupt={c.get('corrupt')}, seed={c.get('seed')}, epoch={self.epoch})"
+        )
+
+
+def load_run_data(config: dict, train_labels: torch.Tensor):
+    """Load the run's dataset again, check its fingerprint, and put the run's labels in ``y_train``."""
+    from singledir.training.config import TrainConfig
+    from singledir.training.loop import load_data
+
+    cfg = TrainConfig.from_dict(config, strict=False)
+    ds = load_data(cfg)
+    want = config.get("data", {}).get("fingerprint")
+    if want is not None and ds.fingerprint != want:
+        raise RunDirError(
+            f"the {cfg.dataset} data found now (fingerprint {ds.fingerprint[:12]}) differs from the data this "
+            f"run trained on ({want[:12]}); point data_dir at the original files"
+        )
+    if len(train_labels) != len(ds.y_train):
+        raise RunDirError(
+            f"the run saved {len(train_labels)} training labels but the dataset has {len(ds.y_train)}; "
+            f"the run directory does not match its data"
+        )
+    return dataclasses.replace(ds, y_train=train_labels.clone())
+
+
+def _epochs_available(run_dir: Path, final_epoch: int | None) -> list[int]:
+    eps = set(saved_checkpoint_epochs(run_dir))
+    if final_epoch is not None:
+        eps.add(final_epoch)
+    return sorted(eps)
+
+
+def _final_epoch(run_dir: Path) -> int | None:
+    path = run_dir / FINAL
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _require_complete(run_dir: Path) -> dict:
+    config = read_config(run_dir)
+    if not is_complete(run_dir):
+        raise RunDirError(
+            f"{run_dir} is an incomplete run (interrupted?); finish it with `singledir train --resume {run_dir}` "
+            f"or train it again with --overwrite"
+        )
+    return config
+
+
+def load_model(run_dir, epoch: int | None = None, *, config: dict | None = None) -> nn.Module:
+    """The run's model in eval mode with the final weights (epoch=None) or those of ``epoch``."""
+    run_dir = Path(run_dir)
+    if config is None:
+        config = _require_complete(run_dir)
+    final_epoch = _final_epoch(run_dir)
+    if epoch is None or (final_epoch is not None and epoch == final_epoch):
+        path = run_dir / MODEL
+    else:
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise SingledirError(f"epoch must be an int or None, got {epoch!r}")
+        path = checkpoint_path(run_dir, epoch)
+        if not path.is_file():
+            avail = _epochs_available(run_dir, final_epoch)
+            raise RunDirError(
+                f"no checkpoint for epoch {epoch} in {run_dir}; available epochs: "
+                f"{', '.join(map(str, avail)) or 'none'}"
+            )
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing; the run directory is damaged, train it again")
+    model = build_from_config(config)
+    load_weights(model, path)
+    return model.eval()
+
+
+def load_corruption(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / CORRUPTION
+    try:
+        t = load_file(str(path))
+        return {"labels": t["labels"], "clean_labels": t["clean_labels"], "changed_mask": t["changed_mask"]}
+    except Exception as err:  # noqa: BLE001
+        raise RunDirError(f"cannot read {path}: {err}; the run directory is damaged") from None
+
+
+def read_history(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / HISTORY
+    try:
+        return pd.read_csv(path)
+    except Exception as err:  # noqa: BLE001
+        raise RunDirError(f"cannot read {path}: {err}; the run directory is damaged") from None
+
+
+def load_run(run_dir, epoch: int | None = None) -> Run:
+    """Load a complete run made by ``singledir train``: model (eval mode) at ``epoch`` (None = final).
+
+    A missing epoch raises :class:`RunDirError` listing the available ones; a missing or incomplete run
+    directory raises :class:`RunDirError`. ``run.data`` is loaded (and checked against the run's data
+    fingerprint) on first access.
+    """
+    run_dir = Path(run_dir)
+    config = _require_complete(run_dir)
+    model = load_model(run_dir, epoch, config=config)
+    final = {}
+    try:
+        final = json.loads((run_dir / FINAL).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    final_epoch = final.get("epoch")
+    corr = load_corruption(run_dir)
+    return Run(
+        run_dir,
+        config,
+        model,
+        clean_train_labels=corr["clean_labels"],
+        corrupted_mask=corr["changed_mask"].bool(),
+        train_labels=corr["labels"],
+        history=read_history(run_dir),
+        epoch=final_epoch if epoch is None else epoch,
+        checkpoint_epochs=_epochs_available(run_dir, final_epoch),
+        final=final,
+    )
