@@ -1,0 +1,152 @@
+"""Set-up shared by the public measurements: argument checks, unit counts, clamp values, AUC statistics.
+
+Offers:
+
+- :func:`prepare` -- batches + validated layers + units per layer + number of classes, with the checks
+  every measurement needs (unit dimension, labels in range, finite activations, logits output).
+- :func:`layer_plans` -- :class:`~.plan.LayerPlan` per layer for ``clamp`` "zero" / "mean".
+- :func:`check_method`, :func:`check_budget`, :data:`CLAMPS`, :data:`BASES`.
+- :func:`trapezoid`, :func:`summarize` -- area under a curve; mean, std and a seeded bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from singledir.errors import SingledirError
+from singledir.reliance.engine import METHODS
+from singledir.reliance.hooks import record, unit_stats
+from singledir.reliance.inputs import (
+    as_batches,
+    check_choice,
+    check_finite,
+    check_labels,
+    check_unit_output,
+    validate_layers,
+)
+from singledir.reliance.plan import LayerPlan, check_logits
+
+CLAMPS = ("zero", "mean")
+BASES = ("units", "random")
+
+__all__ = [
+    "BASES",
+    "CLAMPS",
+    "Prepared",
+    "check_budget",
+    "check_method",
+    "layer_plans",
+    "prepare",
+    "summarize",
+    "trapezoid",
+]
+
+
+@dataclass
+class Prepared:
+    """Checked inputs of a measurement."""
+
+    batches: list
+    layers: list
+    units: dict
+    num_classes: int
+    n_examples: int
+
+
+def check_method(method) -> str:
+    return check_choice(method, METHODS, "method")
+
+
+def check_budget(memory_budget):
+    """``memory_budget`` in bytes (None = the engine's default), else raise."""
+    if memory_budget is None:
+        return None
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not memory_budget > 0:
+        raise SingledirError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
+    return int(memory_budget)
+
+
+@torch.no_grad()
+def prepare(model, data, layers, batch_size=None) -> Prepared:
+    """Batches, layers and unit counts; raises a one-line :class:`SingledirError` on bad input.
+
+    Must run inside :func:`~.hooks.model_guard` (eval mode). Checks: known layers whose output is a
+    tensor with a unit dimension, logits output, labels within the model's classes.
+    """
+    batches = as_batches(data, batch_size)
+    names = validate_layers(model, layers)
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    x0 = batches[0][0][:2].to(device)
+    with record(model, names) as rec:
+        logits = check_logits(model(x0))
+    units = {}
+    for n in names:
+        if n not in rec:
+            raise SingledirError(f"layer {n!r} is never called in the model's forward pass; pick another layer")
+        h = check_unit_output(rec[n], n)
+        check_finite(h, f"the output of layer {n!r}")
+        units[n] = int(h.shape[1])
+    num_classes = int(logits.shape[1])
+    for i, (_x, y) in enumerate(batches):
+        check_labels(y, num_classes, "data" if len(batches) == 1 else f"batch {i} of data")
+    return Prepared(batches, names, units, num_classes, int(sum(b[1].shape[0] for b in batches)))
+
+
+def unit_means(model, prepared: Prepared, stats_data, batch_size=None) -> dict:
+    """Per-unit means (float64) over ``stats_data`` (or the data) for the mean clamp."""
+    src = prepared.batches if stats_data is None else as_batches(stats_data, batch_size)
+    return {n: s.mean for n, s in unit_stats(model, src, prepared.layers).items()}
+
+
+def layer_plans(model, prepared: Prepared, clamp: str, stats_data=None, batch_size=None) -> list[LayerPlan]:
+    """One :class:`LayerPlan` per layer: zero clamp, or each unit's mean over stats_data / data."""
+    clamp = check_choice(clamp, CLAMPS, "clamp")
+    means = unit_means(model, prepared, stats_data, batch_size) if clamp == "mean" else None
+    plans = []
+    for n in prepared.layers:
+        c = prepared.units[n]
+        values = means[n].float() if means is not None else torch.zeros(c)
+        if values.shape[0] != c:
+            raise SingledirError(f"stats_data gives {values.shape[0]} units for layer {n!r}, data gives {c}")
+        plans.append(LayerPlan(n, c, values))
+    return plans
+
+
+def trapezoid(y, x) -> float:
+    """Trapezoid-rule area under ``y`` over ``x`` (0 for a single point)."""
+    y = np.asarray(y, dtype=float)
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return 0.0
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+
+
+def summarize(values, seed: int = 0, confidence: float = 0.95, n_resamples: int = 2000) -> dict:
+    """``mean``, ``std`` (ddof=1; NaN for one value) and a seeded percentile-bootstrap interval."""
+    v = np.asarray(values, dtype=float)
+    mean = float(v.mean()) if len(v) else math.nan
+    std = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+    if len(v) < 2:
+        lo = hi = math.nan
+    elif np.all(v == v[0]):
+        lo = hi = float(v[0])
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                (v,),
+                np.mean,
+                confidence_level=confidence,
+                n_resamples=n_resamples,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return {"mean": mean, "std": std, "ci_low": lo, "ci_high": hi}

@@ -1,0 +1,180 @@
+"""What to evaluate, shared by every evaluation path: per-layer interventions, curves, noise, scoring.
+
+Offers:
+
+- :class:`LayerPlan` -- one analysed layer: its unit count, clamp values, and (for ``basis="random"``)
+  its orthonormal directions; :meth:`LayerPlan.edit` gives the activation edit for a set of ablated
+  units / directions (the reference path installs it as a hook, the fast path applies it at the marker).
+- :func:`projection_matrix` -- ``Q_S Q_S^T`` in float32, built the same way for every path.
+- :class:`Curve` -- one cumulative-ablation curve: the pooled (layer, unit) sequence and the levels k.
+- :class:`NoisePlan` -- per-layer sigmas, scales, seed.
+- :func:`score` -- (number correct, summed cross-entropy in float64) of a batch of logits.
+- :func:`check_logits` -- the model's output must be (N, classes) logits.
+
+All paths (reference, fast fx, batched hooks) read the same plans and call the same edit and scoring
+functions, so they can only differ by floating-point rounding inside the network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from singledir.errors import SingledirError
+from singledir.reliance.hooks import apply_projection, clamp_factors, clamp_with
+from singledir.reliance.inputs import check_finite
+
+__all__ = ["Curve", "EditWalker", "LayerPlan", "NoisePlan", "check_logits", "projection_matrix", "score"]
+
+
+def projection_matrix(basis: torch.Tensor, idx: Sequence[int]) -> torch.Tensor:
+    """``Q_S Q_S^T`` (float32) for the columns ``idx`` of the float64 orthonormal ``basis``."""
+    q = basis[:, list(idx)]
+    return (q @ q.T).float()
+
+
+@dataclass
+class LayerPlan:
+    """One analysed layer: ``units`` (C), clamp ``values`` (C,) float32, optional random ``basis``.
+
+    ``basis`` (C, C) float64 has orthonormal columns (directions); then "unit" i means direction i,
+    ablating directions S maps ``h -> h - P_S (h - center)`` with ``center`` None (zero clamp) or the
+    units' means (mean clamp).
+    """
+
+    name: str
+    units: int
+    values: torch.Tensor
+    basis: torch.Tensor | None = None
+    center: torch.Tensor | None = None
+
+    def edit(self, ablated: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The activation edit that ablates units/directions ``ablated`` (None when nothing is ablated)."""
+        if len(ablated) == 0:
+            return None
+        if self.basis is None:
+            mask = torch.zeros(self.units, dtype=torch.bool)
+            mask[list(ablated)] = True
+            keep, fill = clamp_factors(mask, self.values)
+            cache: dict = {}
+
+            def edit(h):
+                key = (h.dtype, h.device)
+                if key not in cache:
+                    cache[key] = (keep.to(h.device, h.dtype), None if fill is None else fill.to(h.device, h.dtype))
+                return clamp_with(h, *cache[key])
+
+            return edit
+        proj = projection_matrix(self.basis, ablated)
+        center = self.center
+        return lambda h: apply_projection(h, proj, center)
+
+    def walker(self, device=None) -> EditWalker:
+        """A mutable edit for cumulative walks: ``w.add(units)`` then ``w(h)`` (same result as ``edit``)."""
+        return EditWalker(self, device)
+
+    def direction_value(self, u: int) -> float:
+        """Clamp value of direction/unit ``u`` in its own coordinate (0 for a zero clamp)."""
+        if self.basis is None:
+            return float(self.values[u])
+        if self.center is None:
+            return 0.0
+        return float(self.basis[:, u] @ self.center.double())
+
+
+class EditWalker:
+    """The edit of a growing set of ablated units, updated in place (for the fast path's level walks)."""
+
+    def __init__(self, plan: LayerPlan, device=None):
+        self.plan = plan
+        self.ablated: list[int] = []
+        if plan.basis is None:
+            self.keep = torch.ones(plan.units, device=device)
+            self.fill = torch.zeros(plan.units, device=device)
+            self.values = plan.values.to(device)
+            self.has_fill = False
+        self.proj = None
+
+    def add(self, units) -> None:
+        self.ablated.extend(units)
+        if self.plan.basis is None:
+            for u in units:
+                self.keep[u] = 0.0
+                v = float(self.plan.values[u])
+                if v != 0.0:
+                    self.fill[u] = v
+                    self.has_fill = True
+        else:
+            self.proj = projection_matrix(self.plan.basis, self.ablated)
+
+    def __call__(self, h):
+        if not self.ablated:
+            return h
+        if self.plan.basis is None:
+            keep = self.keep if self.keep.dtype == h.dtype else self.keep.to(h.dtype)
+            fill = None
+            if self.has_fill:
+                fill = self.fill if self.fill.dtype == h.dtype else self.fill.to(h.dtype)
+            return clamp_with(h, keep, fill)
+        return apply_projection(h, self.proj, self.plan.center)
+
+
+@dataclass
+class Curve:
+    """A cumulative-ablation curve: level k ablates ``sequence[:k]`` (pairs of layer index and unit)."""
+
+    sequence: list
+    levels: list
+    plans: list  # LayerPlan per layer (random bases differ between curves)
+    order: str = "random"
+    repeat: int = 0
+
+    def units_between(self, k0: int, k1: int) -> dict[int, list[int]]:
+        """Units newly ablated between level ``k0`` and ``k1``, grouped by layer index."""
+        out: dict[int, list[int]] = {}
+        for li, u in self.sequence[k0:k1]:
+            out.setdefault(li, []).append(u)
+        return out
+
+
+@dataclass
+class NoisePlan:
+    """Noise on all layers at once: std ``scale * sigmas[i][j]``, stream keyed by (seed, repeat, i)."""
+
+    sigmas: list  # float64 (C,) per layer
+    scales: list
+    repeats: int
+    seed: int = 0
+    names: list = field(default_factory=list)
+
+    def key(self, repeat: int, layer_index: int) -> tuple[int, int, int]:
+        return (self.seed, repeat, layer_index)
+
+
+def check_logits(out) -> torch.Tensor:
+    """Return ``out`` if it is (N, classes) float logits, else raise a one-line error."""
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or not out.is_floating_point():
+        what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"a tensor of shape {tuple(out.shape)}"
+        raise SingledirError(
+            f"the model returns {what}; the reliance engine needs (N, classes) logits -- wrap the model "
+            f"so that forward returns them"
+        )
+    return out
+
+
+def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, float]:
+    """(number of correct argmax predictions, summed cross-entropy) for ``logits``.
+
+    Per-example cross-entropy in the logits' dtype, summed in float64. Non-finite logits (NaN, +inf)
+    make the loss non-finite and raise.
+    """
+    correct = int((logits.argmax(1) == y).sum())
+    loss = float(F.cross_entropy(logits, y, reduction="none").double().sum())
+    if not math.isfinite(loss):
+        check_finite(logits, "the model's output (logits)")
+        raise SingledirError("non-finite loss (NaN or inf); check the inputs and the model's weights")
+    return correct, loss
