@@ -1,0 +1,29 @@
+"""The paper's claims as experiments: presets, the run cache, verdict statistics, and the main job.
+
+- :data:`CLAIMS` -- claim name -> module under :mod:`singledir.experiments.claims` (each has ``NAME``,
+  ``TITLE``, ``STATEMENT``, ``RULE`` and ``run(ctx) -> ClaimResult``).
+- :func:`reproduce` (in :mod:`.reproduce`) -- run claims with a preset and write the report.
+- :mod:`.presets`, :mod:`.runner`, :mod:`.stats`, :mod:`.analysis`, :mod:`.context`.
+"""
+
+from __future__ import annotations
+
+CLAIMS = {
+    "label-corruption": "singledir.experiments.claims.label_corruption",
+    "ensemble": "singledir.experiments.claims.ensemble",
+    "hyperparameters": "singledir.experiments.claims.hyperparameters",
+    "training-dynamics": "singledir.experiments.claims.training_dynamics",
+    "dropout": "singledir.experiments.claims.dropout",
+    "batchnorm": "singledir.experiments.claims.batchnorm",
+    "selectivity": "singledir.experiments.claims.selectivity",
+}
+
+
+def reproduce(*args, **kwargs):
+    """See :func:`singledir.experiments.reproduce.reproduce`."""
+    from singledir.experiments.reproduce import reproduce as _reproduce
+
+    return _reproduce(*args, **kwargs)
+
+
+__all__ = ["CLAIMS", "reproduce"]

@@ -1,0 +1,199 @@
+"""Per-run analyses shared by the claims (each cached per run by the Runner) and curve summaries.
+
+Every function here takes a run directory and keyword settings and returns ``{name: DataFrame}``, so
+:meth:`Runner.analyze` can run it in a worker and cache the frames next to the run. They are plain
+module-level functions (picklable for spawned workers).
+
+Decisions stated in the report:
+
+- Evaluation examples: a fixed random subset (``torch.Generator`` seeded with 0) of the split; for the
+  training split the labels are the run's own (corrupted) labels.
+- AUC: area under accuracy vs fraction of units ablated (x in [0, 1]), trapezoid rule, per ablation
+  order; ``nauc`` = AUC / unablated accuracy of the same curve.
+- Noise AUC: mean accuracy over the log-spaced noise scales (area under accuracy vs log10 scale divided
+  by the log range, trapezoid) -- 1 means untouched by noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+# ---------------------------------------------------------------------------- helpers
+def eval_data(data, split: str, examples: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of ``split`` ("train": the run's labels, "test": clean), a fixed random subset of ``examples``."""
+    if split == "train":
+        x, y = data.x_train, data.y_train
+    elif split == "test":
+        x, y = data.x_test, data.y_test
+    else:  # pragma: no cover - settings come from presets
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if examples is not None and examples < len(x):
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:examples]
+        idx = idx.sort().values
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+def pick_layers(model, which) -> list[str]:
+    """``"all"`` -> every unit layer; ``"lastN"`` -> the last N; a list -> itself."""
+    names = list(model.unit_layers)
+    if isinstance(which, (list, tuple)):
+        return list(which)
+    if which == "all":
+        return names
+    if isinstance(which, str) and which.startswith("last"):
+        return names[-int(which[4:]):]
+    raise ValueError(f"layers must be 'all', 'lastN' or a list, got {which!r}")
+
+
+def fraction_levels(levels: int) -> list[float]:
+    """``levels`` fractions evenly spaced in [0, 1] (0 and 1 included)."""
+    return [float(f) for f in np.linspace(0.0, 1.0, int(levels))]
+
+
+def unit_levels(model, layers: list[str], levels: int) -> list[int]:
+    """The numbers of ablated units k nearest to ``levels`` even fractions of the pooled units."""
+    from singledir.models import unit_counts
+
+    counts = unit_counts(model)
+    total = sum(counts[n] for n in layers)
+    return sorted({int(round(f * total)) for f in fraction_levels(levels)})
+
+
+def curve_auc(curves: pd.DataFrame, by=("order", "repeat")) -> pd.DataFrame:
+    """AUC (trapezoid over fraction in [0, 1]) and normalized AUC of each curve in ``curves``."""
+    rows = []
+    by = [c for c in by if c in curves.columns]
+    for key, g in curves.groupby(by, sort=True):
+        g = g.sort_values("fraction")
+        f = g["fraction"].to_numpy(float)
+        a = g["accuracy"].to_numpy(float)
+        auc = float(np.trapezoid(a, f)) if hasattr(np, "trapezoid") else float(np.trapz(a, f))
+        a0 = float(a[0]) if f[0] == 0 else float("nan")
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), "auc": auc, "acc0": a0, "nauc": auc / a0 if a0 > 0 else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def noise_auc(curves: pd.DataFrame) -> pd.DataFrame:
+    """Mean accuracy over log10(scale) (trapezoid / log range) per noise repeat."""
+    rows = []
+    for rep, g in curves.groupby("repeat", sort=True):
+        g = g.groupby("scale", as_index=False)["accuracy"].mean().sort_values("scale")
+        s = np.log10(g["scale"].to_numpy(float))
+        a = g["accuracy"].to_numpy(float)
+        area = np.trapezoid(a, s) if hasattr(np, "trapezoid") else np.trapz(a, s)
+        rows.append({"repeat": rep, "noise_auc": float(area / (s[-1] - s[0])) if len(s) > 1 else float(a[0])})
+    return pd.DataFrame(rows)
+
+
+def _tag(df: pd.DataFrame, **cols) -> pd.DataFrame:
+    df = df.copy()
+    for k, v in cols.items():
+        df[k] = v
+    return df
+
+
+# ---------------------------------------------------------------------------- per-run analyses
+def ablation(run_dir, *, split: str = "train", examples: int | None = 2000, orders: int = 10,
+             levels: int = 33, layers="all", epochs: list[int] | None = None, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Cumulative random-order ablation curves (clamp to zero) and their AUC, for one run.
+
+    ``epochs``: checkpoint epochs to analyse (default: the final weights only); the rows carry ``epoch``.
+    """
+    import singledir as sd
+    from singledir.training import load_run
+
+    run = load_run(run_dir)
+    x, y = eval_data(run.data, split, examples)
+    curves, aucs = [], []
+    for epoch in epochs if epochs is not None else [run.epoch]:
+        model = run.model if epoch == run.epoch else run.model_at(epoch)
+        names = pick_layers(model, layers)
+        res = sd.ablation_curves(model, (x, y), names, order="random", repeats=orders, clamp="zero",
+                                 levels=unit_levels(model, names, levels), seed=seed, progress=False)
+        c = res.curves[[c for c in ("order", "repeat", "k", "fraction", "accuracy", "loss") if c in res.curves]]
+        curves.append(_tag(c, epoch=epoch, split=split))
+        aucs.append(_tag(curve_auc(c), epoch=epoch))
+    return {"curves": pd.concat(curves, ignore_index=True), "auc": pd.concat(aucs, ignore_index=True)}
+
+
+def noise(run_dir, *, split: str = "train", examples: int | None = 2000, scales=(0.1, 1.0), repeats: int = 3,
+          layers="all", seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Accuracy under Gaussian noise of ``scale x`` each unit's training std, added to every unit."""
+    import singledir as sd
+    from singledir.training import load_run
+
+    run = load_run(run_dir)
+    x, y = eval_data(run.data, split, examples)
+    stats = eval_data(run.data, "train", examples)
+    res = sd.noise_curves(run.model, (x, y), pick_layers(run.model, layers), scales=list(scales), repeats=repeats,
+                          stats_data=stats, seed=seed, progress=False)
+    curves = res.curves[[c for c in ("scale", "repeat", "accuracy", "loss") if c in res.curves]]
+    return {"curves": curves, "auc": noise_auc(curves)}
+
+
+def selectivity(run_dir, *, examples: int | None = None, layers="all") -> dict[str, pd.DataFrame]:
+    """Class selectivity index and mutual information of every unit, on the (clean) test set."""
+    import singledir as sd
+    from singledir.training import load_run
+
+    run = load_run(run_dir)
+    x, y = eval_data(run.data, "test", examples)
+    names = pick_layers(run.model, layers)
+    df = sd.class_selectivity(run.model, (x, y), names)
+    df["depth"] = df["layer"].map({n: i + 1 for i, n in enumerate(run.model.unit_layers)})
+    return {"units": df}
+
+
+def importance(run_dir, *, examples: int | None = None, layers="all", min_units: int = 0) -> dict[str, pd.DataFrame]:
+    """Selectivity, mutual information and single-unit importance (ablate one unit alone) on the test set.
+
+    Only layers with at least ``min_units`` units are analysed (too few units give no usable correlation).
+    """
+    import singledir as sd
+    from singledir.models import unit_counts
+    from singledir.training import load_run
+
+    run = load_run(run_dir)
+    x, y = eval_data(run.data, "test", examples)
+    counts = unit_counts(run.model)
+    names = [n for n in pick_layers(run.model, layers) if counts[n] >= min_units]
+    sel = sd.class_selectivity(run.model, (x, y), names)
+    imp = sd.unit_importance(run.model, (x, y), names, progress=False)
+    keep = [c for c in imp.columns if c not in sel.columns or c in ("layer", "unit")]
+    df = sel.merge(imp[keep], on=["layer", "unit"], how="inner")
+    df["depth"] = df["layer"].map({n: i + 1 for i, n in enumerate(run.model.unit_layers)})
+    return {"units": df}
+
+
+def run_summary(run) -> dict:
+    """One row of facts about a loaded run (or a run directory) for the per-run tables."""
+    from singledir.training import rundir as rd
+
+    run_dir = Path(run) if not hasattr(run, "run_dir") else run.run_dir
+    cfg = rd.read_config(run_dir)
+    import json
+
+    final = json.loads((run_dir / rd.FINAL).read_text())
+    target = cfg.get("until_train_acc")
+    return {
+        "run": run_dir.name,
+        "model": cfg["model"],
+        "seed": cfg["seed"],
+        "corrupt": cfg["corrupt"],
+        "epochs": final["epoch"],
+        "stopped": final["stopped_reason"],
+        "target_reached": (final["stopped_reason"] == "until_train_acc") if target is not None else True,
+        "train_acc": final["train_acc"],
+        "train_acc_clean": final["train_acc_clean"],
+        "test_acc": final["test_acc"],
+        "test_loss": final["test_loss"],
+        "train_loss": final["train_loss"],
+        "train_seconds": final.get("train_seconds"),
+    }

@@ -1,0 +1,1 @@
+"""One module per claim of the paper; see :data:`singledir.experiments.CLAIMS`."""

@@ -1,0 +1,184 @@
+"""The main job: run the paper's claims with a preset and write the report (``singledir reproduce``).
+
+Reads top to bottom: pick claims and settings -> check the data is there -> for each claim, train its
+networks (cached under ``REPORT_DIR/runs``), analyse them (cached per run), compute its statistics and
+verdict, draw its figures -> write ``index.html``, ``report.md`` and ``results.json`` (after every
+claim, so an interrupted reproduction still leaves a report of what finished).
+
+A claim that fails with a bug does not stop the others: it is reported with its error and the verdict
+``inconclusive``, and :func:`reproduce` reports it in ``doc["errors"]`` (the CLI then exits 1). User
+errors (:class:`SingledirError`, e.g. missing data) stop the job with their one-line message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from singledir.errors import SingledirError
+from singledir.experiments import CLAIMS, stats
+from singledir.experiments.context import ClaimResult, Context, clean
+from singledir.experiments.presets import NOTES, PRESETS, get_preset, training_dicts
+from singledir.experiments.runner import Runner, run_name, timer
+
+
+def check_claims(claims) -> list[str]:
+    """The claims to run (all when none given), in the canonical order; unknown -> SingledirError."""
+    if not claims:
+        return list(CLAIMS)
+    bad = [c for c in claims if c not in CLAIMS]
+    if bad:
+        raise SingledirError(f"unknown claim {', '.join(map(repr, bad))}; choose from {', '.join(CLAIMS)}")
+    return [c for c in CLAIMS if c in set(claims)]
+
+
+def machine(device: str, jobs: int) -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device,
+            "cuda": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None,
+            "jobs": jobs}
+
+
+def code_version() -> dict:
+    from singledir import __version__
+    from singledir.training.rundir import git_revision
+
+    return {"singledir": __version__, "git_revision": git_revision()}
+
+
+def _check_data(settings: dict, data_dir) -> list[str]:
+    """Fail fast (one line) when a dataset is missing; cap subsets larger than their dataset (noted)."""
+    from singledir.data import load_dataset
+
+    notes, sizes = [], {}
+    for cfg in training_dicts(settings):
+        name = cfg["dataset"]
+        if name not in sizes:
+            ds = load_dataset(name, data_dir=data_dir)
+            sizes[name] = (len(ds.y_train), len(ds.y_test))
+        for key, size in zip(("train_subset", "test_subset"), sizes[name]):
+            if cfg.get(key) is not None and cfg[key] >= size:
+                notes.append(f"{key}={cfg[key]} is not smaller than {name}'s {size} examples: all are used")
+                cfg[key] = None
+    return sorted(set(notes))
+
+
+def _error_result(name: str, settings: dict, err: BaseException, ctx: Context) -> ClaimResult:
+    module = importlib.import_module(CLAIMS[name])
+    tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    return ClaimResult(name, module.TITLE, module.STATEMENT, module.RULE, stats.INCONCLUSIVE,
+                       f"the experiment failed: {type(err).__name__}: {err}", "failed", [], settings, ctx.figures,
+                       notes=[tb], runs=ctx.runs, error=f"{type(err).__name__}: {err}")
+
+
+def _runs_info(runs_dir: Path, names) -> tuple[dict, dict]:
+    """Per-run config/final numbers and the data fingerprints, read back from the run directories."""
+    import json
+
+    from singledir.training import rundir as rd
+
+    runs, data = {}, {}
+    for name in dict.fromkeys(names):
+        d = runs_dir / name
+        if not rd.is_complete(d):
+            continue
+        cfg = rd.read_config(d)
+        final = json.loads((d / rd.FINAL).read_text())
+        info = cfg.get("data", {})
+        fp = info.get("fingerprint")
+        if fp:
+            data[fp] = info
+        keys = ("dataset", "model", "train_subset", "test_subset", "data_seed", "corrupt", "corrupt_method",
+                "seed", "width", "width_mult", "dropout", "batchnorm", "optimizer", "lr", "batch_size",
+                "weight_decay", "epochs", "until_train_acc", "max_epochs", "checkpoints")
+        runs[name] = {"config": {k: cfg.get(k) for k in keys}, "final": final, "data_fingerprint": fp,
+                      "corruption": cfg.get("corruption"), "git_revision": cfg.get("git_revision")}
+    return runs, data
+
+
+def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = None, data_dir=None,
+              device: str = "cpu", jobs: int = 1, progress: bool = True, command: str | None = None) -> dict:
+    """Run ``claims`` (all when None) with ``preset`` and write the report to ``out``; return results.json's dict."""
+    from tqdm.auto import tqdm
+
+    from singledir.reporting.report import write_report
+
+    claims = check_claims(claims)
+    if preset not in PRESETS:
+        raise SingledirError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    settings = get_preset(preset, dataset)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_notes = _check_data({c: settings[c] for c in claims}, data_dir)
+
+    elapsed = timer()
+    doc = {
+        "schema": 1,
+        "command": command,
+        "preset": preset,
+        "dataset_override": dataset,
+        "preset_notes": [NOTES[preset], *data_notes]
+        + ([f"--dataset {dataset}: every network uses {dataset} instead of the preset's dataset"] if dataset else []),
+        "claims_requested": claims,
+        "settings": {c: settings[c] for c in claims},
+        "code": code_version(),
+        "machine": machine(device, jobs),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    results: list[ClaimResult] = []
+    errors = []
+    with Runner(out / "runs", jobs=jobs, progress=progress, data_dir=data_dir, device=device) as runner, \
+            tqdm(total=len(claims), desc="reproduce", unit="claim", position=0, disable=not progress,
+                 dynamic_ncols=True) as bar:
+        for name in claims:
+            bar.set_postfix_str(name)
+            ctx = Context(name, preset, settings[name], runner, out / "figures", progress)
+            t, cpu0, wcpu0 = timer(), time.process_time(), runner.worker_cpu_seconds
+            try:
+                result = importlib.import_module(CLAIMS[name]).run(ctx)
+            except SingledirError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a bug in one claim must not lose the others
+                result = _error_result(name, settings[name], err, ctx)
+                errors.append(f"{name}: {result.error}")
+            result.wall_seconds = t()
+            result.cpu_seconds = time.process_time() - cpu0 + runner.worker_cpu_seconds - wcpu0
+            results.append(result)
+            msg = (f"[{name}] {result.verdict} -- {result.key_statistic} ({result.wall_seconds:.0f} s wall, "
+                   f"{result.cpu_seconds:.0f} s CPU)")
+            tqdm.write(msg, file=sys.stderr)
+            bar.update(1)
+            _finish(doc, results, errors, out, elapsed(), runner)
+            write_report(out, doc)
+    doc["complete"] = True
+    write_report(out, doc)
+    return doc
+
+
+def _finish(doc: dict, results: list[ClaimResult], errors: list[str], out: Path, wall: float, runner) -> None:
+    names = [r for res in results for r in res.runs]
+    runs, data = _runs_info(out / "runs", names)
+    doc.update(clean(dict(
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        wall_seconds=wall,
+        cpu_seconds=sum(r.cpu_seconds for r in results),
+        complete=False,
+        summary=[{"claim": r.name, "title": r.title, "verdict": r.verdict, "key_statistic": r.key_statistic,
+                  "wall_seconds": r.wall_seconds, "cpu_seconds": r.cpu_seconds} for r in results],
+        claims={r.name: r.to_dict() for r in results},
+        runs=runs,
+        data=data,
+        cache={"trained_now": sorted(set(runner.trained)), "reused": sorted(set(runner.reused))},
+        errors=errors,
+    )))
+
+
+__all__ = ["reproduce", "check_claims", "run_name"]

@@ -1,0 +1,214 @@
+"""`singledir reproduce`: the smoke preset end to end, the report's structure, numbers recomputable from the
+stored runs, the run cache after an interruption, the process pool, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from singledir.cli import main
+from singledir.experiments import CLAIMS, analysis, stats
+from singledir.experiments.runner import run_name
+
+VERDICTS = {"reproduced", "not reproduced", "inconclusive"}
+
+
+def _reproduce(out, *extra) -> int:
+    return main(["reproduce", *extra, "--preset", "smoke", "--jobs", "1", "--quiet", "--out", str(out)])
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _table(doc: dict, claim: str, name: str) -> pd.DataFrame:
+    return pd.DataFrame(doc["claims"][claim]["tables"][name])
+
+
+def _part(doc: dict, claim: str, name: str) -> dict:
+    return next(p for p in doc["claims"][claim]["parts"] if p["name"] == name)
+
+
+# ---------------------------------------------------------------------------- the smoke preset end to end
+@pytest.mark.slow
+def test_smoke_end_to_end(tmp_path):
+    """One smoke reproduction of every claim (digits, tiny networks; ~20 s), then every check on it.
+
+    (One test rather than a module fixture, so that pytest-xdist never runs the reproduction twice.)
+    """
+    smoke = tmp_path / "smoke"
+    assert _reproduce(smoke) == 0
+    check_report_structure(smoke)
+    check_label_corruption_numbers_recompute_from_runs(smoke)
+    check_other_claims_numbers_recompute(smoke)
+    check_rerun_after_interruption_retrains_only_the_missing_run(smoke, tmp_path / "rerun")
+
+
+def check_report_structure(smoke):
+    doc = _results(smoke)
+    for key in ("schema", "command", "preset", "settings", "code", "machine", "started", "finished",
+                "wall_seconds", "summary", "claims", "runs", "data", "cache", "errors", "complete"):
+        assert key in doc, key
+    assert doc["complete"] and doc["preset"] == "smoke" and doc["errors"] == []
+    assert doc["code"]["singledir"] and "torch" in doc["machine"]
+    assert [s["claim"] for s in doc["summary"]] == list(CLAIMS)
+    for name, claim in doc["claims"].items():
+        assert claim["verdict"] in VERDICTS, name
+        for key in ("statement", "rule", "reason", "key_statistic", "parts", "settings", "runs", "wall_seconds"):
+            assert claim[key] is not None, (name, key)
+        assert claim["figures"], name
+        for fig in claim["figures"]:
+            assert (smoke / fig["png"]).stat().st_size > 1000 and (smoke / fig["svg"]).is_file()
+        for run in claim["runs"]:
+            assert run in doc["runs"] and (smoke / "runs" / run / "COMPLETE").is_file()
+    for info in doc["runs"].values():
+        assert info["data_fingerprint"] in doc["data"]
+
+    page = (smoke / "index.html").read_text()
+    assert "id='summary-table'" in page and page.count("<tr>") > len(CLAIMS)
+    assert "data:image/png;base64," in page  # self-contained
+    for name, claim in doc["claims"].items():
+        start = page.index(f"<section class='claim' id='{name}'>")
+        section = page[start:page.index("</section>", start)]
+        assert f">{claim['verdict']}</span>" in section and "Rule (declared before the results)" in section
+    md = (smoke / "report.md").read_text()
+    assert "## Summary" in md and all(f"## {name}:" in md for name in CLAIMS)
+    assert "figures/label-corruption-mlp-ablation.png" in md
+
+
+# ---------------------------------------------------------------------------- numbers are recomputable
+def check_label_corruption_numbers_recompute_from_runs(smoke):
+    doc = _results(smoke)
+    claim = doc["claims"]["label-corruption"]
+    nets = _table(doc, "label-corruption", "MLP networks")
+    # the verdict's correlation, from the per-run values
+    corr = stats.spearman(nets["corrupt"], nets["auc"])
+    part = _part(doc, "label-corruption", "MLP ablation")["numbers"]
+    assert corr["rho"] == pytest.approx(part["rho"]) and corr["p"] == pytest.approx(part["p"])
+    # a per-run value, from the stored run (reloaded and ablated again, bypassing the cache)
+    row = nets.iloc[-1]
+    again = analysis.ablation(smoke / "runs" / row["run"], split="train", **claim["settings"]["ablation"])
+    assert again["auc"]["auc"].mean() == pytest.approx(row["auc"], abs=1e-9)
+    from singledir.training import load_run
+
+    run = load_run(smoke / "runs" / row["run"])
+    assert run.config["corrupt"] == row["corrupt"]
+    assert run.history["train_acc"].iloc[-1] == pytest.approx(row["train_acc"])
+    assert doc["runs"][row["run"]]["data_fingerprint"] == run.data.fingerprint
+
+
+def check_other_claims_numbers_recompute(smoke):
+    doc = _results(smoke)
+    ens = _table(doc, "ensemble", "networks")
+    c = stats.spearman(ens["nauc"], ens["test_acc"])
+    assert c["rho"] == pytest.approx(_part(doc, "ensemble", "AUC vs test accuracy")["numbers"]["rho"])
+    assert np.allclose(ens["gap"], ens["train_acc"] - ens["test_acc"])
+
+    grid = _table(doc, "hyperparameters", "networks")
+    c = stats.spearman(grid["nauc"], grid["test_acc"])
+    assert c["p"] == pytest.approx(_part(doc, "hyperparameters", "nAUC vs test accuracy")["numbers"]["p"])
+
+    ckpt = _table(doc, "training-dynamics", "checkpoints")
+    from singledir.training import load_run
+
+    for row in _table(doc, "training-dynamics", "per network").to_dict("records"):
+        hist = load_run(smoke / "runs" / row["run"]).history.set_index("epoch")
+        a = ckpt[ckpt["run"] == row["run"]]
+        c = stats.spearman(a["auc"], hist.loc[a["epoch"], "test_loss"])
+        assert c["rho"] == pytest.approx(row["rho"])
+
+    bn = _table(doc, "batchnorm", "networks")
+    mw = stats.mann_whitney(bn.loc[bn["batchnorm"], "nauc"], bn.loc[~bn["batchnorm"], "nauc"])
+    assert mw["p"] == pytest.approx(_part(doc, "batchnorm", "ablation robustness")["numbers"]["p"])
+
+
+# ---------------------------------------------------------------------------- cache / interruption
+def check_rerun_after_interruption_retrains_only_the_missing_run(smoke, out):
+    shutil.copytree(smoke, out)  # copy2 keeps mtimes
+    before = _results(out)
+    victim = out / "runs" / before["claims"]["ensemble"]["runs"][0]
+    for name in ("COMPLETE", "final.json", "model.safetensors"):  # killed after the last epoch's state was saved
+        (victim / name).unlink()
+    others = [p for p in (out / "runs").rglob("*") if p.is_file() and victim not in p.parents]
+    mtimes = {p: p.stat().st_mtime_ns for p in others}
+    report_mtime = (out / "results.json").stat().st_mtime_ns
+
+    assert _reproduce(out, "ensemble") == 0  # the claim that owns the interrupted run
+
+    assert (victim / "COMPLETE").is_file()
+    assert {p: p.stat().st_mtime_ns for p in others} == mtimes  # nothing else was rewritten
+    after = _results(out)
+    assert (out / "results.json").stat().st_mtime_ns != report_mtime
+    assert after["cache"]["trained_now"] == [victim.name]
+    assert list(after["claims"]) == ["ensemble"] and after["complete"]
+    # the resumed run is bit-identical, so every number is the same
+    assert after["claims"]["ensemble"]["parts"] == before["claims"]["ensemble"]["parts"]
+    assert after["claims"]["ensemble"]["tables"] == before["claims"]["ensemble"]["tables"]
+
+
+# ---------------------------------------------------------------------------- errors, names, rules
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["reproduce", "no-such-claim", "--out", "X"], ["unknown claim", "label-corruption"]),
+        (["reproduce", "--preset", "huge", "--out", "X"], ["unknown preset", "smoke"]),
+        (["reproduce", "--dataset", "imagenet", "--out", "X"], ["unknown dataset"]),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, words, capsys, tmp_path):
+    argv = [a if a != "X" else str(tmp_path / "r") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("singledir: error:")
+    assert all(w in err for w in words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_jobs_is_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--jobs", "0", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--jobs must be a positive integer" in capsys.readouterr().err
+
+
+def test_run_names_are_deterministic_and_complete():
+    a = dict(dataset="digits", model="mlp", width=32, epochs=3)
+    assert run_name(a) == run_name(dict(a, lr=1e-3))  # defaults filled in before hashing
+    assert run_name(a) == run_name(dict(a, data_dir="/elsewhere", device="cuda"))  # not part of the result
+    assert run_name(a) != run_name(dict(a, seed=1)) != run_name(dict(a, lr=1e-2))
+    assert run_name(a).startswith("mlp-digits-w32-p0-s0-")
+
+
+def test_verdict_rules():
+    assert stats.sign_verdict(-0.9, 0.01, -1)[0] == "reproduced"
+    assert stats.sign_verdict(0.9, 0.01, -1)[0] == "not reproduced"
+    assert stats.sign_verdict(-0.9, 0.2, -1)[0] == "inconclusive"
+    assert stats.sign_verdict(-0.9, 0.01, -1, target_reached=False)[0] == "inconclusive"
+    assert stats.sign_verdict(-0.9, 0.01, -1, n=3, min_n=4)[0] == "inconclusive"
+    assert stats.combine({"a": "reproduced", "b": "reproduced"})[0] == "reproduced"
+    assert stats.combine({"a": "reproduced", "b": "not reproduced"})[0] == "not reproduced"
+    assert stats.combine({"a": "reproduced", "b": "inconclusive"})[0] == "inconclusive"
+    # a perfectly monotone 6-point relation: exact permutation p = 2/720
+    c = stats.spearman([0, 0.2, 0.4, 0.6, 0.8, 1.0], [6, 5, 4, 3, 2, 1])
+    assert c["rho"] == -1 and c["p"] == pytest.approx(2 / 720)
+    assert stats.spearman([1, 1, 1], [1, 2, 3])["rho"] is None
+
+
+# ---------------------------------------------------------------------------- the process pool
+@pytest.mark.slow
+def test_parallel_jobs_give_the_same_numbers(tmp_path):
+    """Training and analysis in 2 spawned worker processes give exactly the in-process numbers."""
+    pooled, inline = tmp_path / "pooled", tmp_path / "inline"
+    assert main(["reproduce", "hyperparameters", "--preset", "smoke", "--jobs", "2", "--quiet", "--out", str(pooled)]) == 0
+    assert _reproduce(inline, "hyperparameters") == 0
+    doc = _results(pooled)
+    assert list(doc["claims"]) == ["hyperparameters"] and doc["machine"]["jobs"] == 2
+    ours = _table(doc, "hyperparameters", "networks").set_index("run")
+    ref = _table(_results(inline), "hyperparameters", "networks").set_index("run")
+    assert list(ours.index) == list(ref.index)
+    assert np.allclose(ours["auc"], ref["auc"]) and np.allclose(ours["test_acc"], ref["test_acc"])
