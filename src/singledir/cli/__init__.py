@@ -31,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"singledir {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in SUBCOMMANDS.values():
-        try:
-            module = importlib.import_module(f"singledir.cli.{mod}")
-        except ModuleNotFoundError as err:  # subcommand not built yet in this checkout
-            if err.name == f"singledir.cli.{mod}":
-                continue
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"singledir.cli.{mod}").add_parser(sub)
     return parser
 
 
