@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from singledir.reliance.testing import train_quick
 
 CAPTUM_HINT = (
     "Captum is not installed: the Captum column is skipped. Install it with\n"
@@ -70,17 +71,7 @@ def load_data(args):
 def brief_train(model, x, y, epochs: int, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> float:
     """A few epochs of Adam (seeded shuffling); returns the wall time. Model left in eval mode."""
     t = time.perf_counter()
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch_size):
-            idx = perm[i : i + batch_size]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
+    train_quick(model, x, y, epochs=epochs, lr=lr, batch=batch_size, seed=seed)
     return time.perf_counter() - t
 
 
