@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from singledir.analysis import parse_layers, subset
+
 
 # ---------------------------------------------------------------------------- helpers
 def eval_data(data, split: str, examples: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,23 +34,12 @@ def eval_data(data, split: str, examples: int | None, seed: int = 0) -> tuple[to
         x, y = data.x_test, data.y_test
     else:  # pragma: no cover - settings come from presets
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if examples is not None and examples < len(x):
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:examples]
-        idx = idx.sort().values
-        x, y = x[idx], y[idx]
-    return x, y
+    return subset(x, y, examples, seed)
 
 
 def pick_layers(model, which) -> list[str]:
-    """``"all"`` -> every unit layer; ``"lastN"`` -> the last N; a list -> itself."""
-    names = list(model.unit_layers)
-    if isinstance(which, (list, tuple)):
-        return list(which)
-    if which == "all":
-        return names
-    if isinstance(which, str) and which.startswith("last"):
-        return names[-int(which[4:]):]
-    raise ValueError(f"layers must be 'all', 'lastN' or a list, got {which!r}")
+    """``"all"`` -> every unit layer; ``"lastN"`` -> the last N; a list -> itself (checked)."""
+    return parse_layers(list(which) if isinstance(which, (list, tuple)) else which, model)
 
 
 def fraction_levels(levels: int) -> list[float]:
