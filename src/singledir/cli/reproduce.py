@@ -8,11 +8,11 @@ analyses and redoes only what is missing or was interrupted.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
 
+from singledir.cli.argtypes import int_at_least
 from singledir.errors import SingledirError
 
 
@@ -43,14 +43,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _jobs(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--jobs must be a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--jobs must be a positive integer, got {n}")
-    return n
+_jobs = int_at_least(1, "--jobs")
 
 
 def default_jobs(device: str) -> int:
