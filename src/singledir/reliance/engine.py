@@ -58,12 +58,13 @@ from collections import ChainMap
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 from tqdm.auto import tqdm
 
 from singledir.errors import SingledirError
 from singledir.reliance.graph import (
     Split,
+    load_args,
     TraceFailed,
     find_linear_chain,
     is_inplace,
@@ -126,12 +127,99 @@ def _chunks(batches, n: int):
         ]
 
 
+def _is_colmajor(v) -> bool:
+    """True for a 2-D tensor laid out column-major (``v.t()`` is contiguous) with more than one row."""
+    return isinstance(v, torch.Tensor) and v.ndim == 2 and v.shape[0] > 1 and v.shape[1] > 1 and v.t().is_contiguous()
+
+
+def _colmajor(v):
+    """``v`` (n, C) with the same values, stored column-major (see "Layout" in the module docstring)."""
+    return v.t().contiguous().t()
+
+
+def _buffer(bufs: dict, key, like: torch.Tensor, dtype=None, shape=None, stride=None) -> torch.Tensor:
+    """The walk's own tensor ``bufs[key]``: kept while it matches ``like``'s shape, strides, dtype and
+    device (or the ``dtype`` / ``shape`` / ``stride`` given instead), else (re)allocated."""
+    shape = like.shape if shape is None else torch.Size(shape)
+    stride = like.stride() if stride is None else tuple(stride)
+    dtype = like.dtype if dtype is None else dtype
+    b = bufs.get(key)
+    if b is None or b.shape != shape or b.stride() != stride or b.dtype != dtype or b.device != like.device:
+        b = bufs[key] = torch.empty_strided(shape, stride, dtype=dtype, device=like.device)
+    return b
+
+
+def _foldable(edit) -> bool:
+    """A walk's unit clamp (``EditWalker`` without basis): foldable into the next Linear."""
+    return edit is None or (getattr(edit, "supports_out", False) and hasattr(edit, "keep"))
+
+
+class _Folded:
+    """A marker's value left unmaterialized: the layer output ``h`` and the walk's clamp ``edit``
+    (None: nothing ablated). Its Linear computes ``W (h * keep + fill) + b`` as
+    ``(W * keep) h + (b + W fill)``: with a zero clamp exactly the same products and sums (an ablated
+    unit's term is ``0 * h`` either way), with a mean clamp the fill's terms are summed apart from h's.
+    """
+
+    __slots__ = ("h", "edit")
+
+    def __init__(self, h, edit):
+        self.h, self.edit = h, edit
+
+    def fold(self, weight, bias):
+        e = self.edit
+        if e is None or not e.ablated:
+            return weight, bias, self.h
+        w = weight * e.keep.to(weight.dtype)
+        if e.has_fill:
+            fb = weight @ e.fill.to(weight.dtype)
+            bias = fb if bias is None else bias + fb
+        return w, bias, self.h
+
+
+def _linear_colmajor(h, weight, bias, out=None):
+    """``F.linear(h, weight, bias)`` for a column-major ``h``, computed as ``(W h^T + b)^T`` (column-major).
+
+    The same products and sums as ``F.linear``, in BLAS's own order for this shape (float rounding may
+    differ in the last bit); for a 784-128-128-10 MLP's 128->10 readout on 3k examples ~3x faster than
+    ``F.linear`` on the row-major tensor and ~15x faster than ``F.linear`` on the column-major one.
+    """
+    ht = h.t()
+    if bias is None:
+        return torch.mm(weight, ht, out=out).t()
+    return torch.addmm(bias.unsqueeze(1), weight, ht, out=out).t()
+
+
 def _example_scores(logits, y):
-    """Per-example (correct: bool, cross-entropy: float64) -- summed, the same numbers as ``score``."""
-    loss = F.cross_entropy(logits, y, reduction="none").to(torch.float64)
+    """Per-example (correct: bool, cross-entropy: float64) -- summed, the same numbers as ``score``.
+
+    Column-major logits are scored with reductions that run along contiguous memory (``amax``,
+    ``logsumexp``: ~10x faster there than ``argmax`` / ``cross_entropy``). ``correct`` keeps argmax's
+    rule exactly: the prediction is the *first* class reaching the maximum, so rows where several classes
+    tie at the maximum are decided by ``argmax`` itself. The loss ``logsumexp(l) - l_y`` is the
+    cross-entropy up to float rounding (~1e-7 relative).
+    """
+    if _is_colmajor(logits) and logits.is_floating_point():
+        m = logits.amax(1)
+        ly = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+        loss = (torch.logsumexp(logits, 1) - ly).to(torch.float64)
+        correct = ly == m
+        ties = (logits == m.unsqueeze(1)).sum(1) > 1
+        if bool(ties.any()):
+            rows = ties.nonzero().squeeze(1)
+            correct[rows] = logits.index_select(0, rows).argmax(1) == y.index_select(0, rows)
+    else:
+        loss = F.cross_entropy(logits, y, reduction="none").to(torch.float64)
+        correct = None
     if not math.isfinite(float(loss.sum())):
-        score(logits, y)  # raises the one-line error
-    return logits.argmax(1) == y, loss
+        score(logits.contiguous(), y)  # raises the one-line error
+    return (logits.argmax(1) == y if correct is None else correct), loss
+
+
+def _score(logits, y) -> tuple[int, float]:
+    """``score`` (summed correct, summed cross-entropy) via :func:`_example_scores`."""
+    c, lo = _example_scores(logits, y)
+    return int(c.sum()), float(lo.sum())
 
 
 class _RowView:
@@ -185,6 +273,9 @@ class FastEvaluator:
         self.out_node = out
         self.split = Split.build(self.traced, self.names)
         self.inplace = {n for n in self.split.rest if is_inplace(n, self.traced)}
+        self.linear_nodes = self._find_linear_nodes()
+        self.relu_nodes = self._find_relu_nodes()
+        self.colmajor = False
         self._probe()
         self.chains = {}
         for m in self.split.markers:
@@ -192,11 +283,30 @@ class FastEvaluator:
             if ch is not None and self._chain_ok(ch):
                 self.chains[m] = ch
         self.chain_consumers = {ch.consumer: ch for ch in self.chains.values()}
+        # Fusions of column-major walks (module docstring, "Buffers and fusions"):
+        # consumer -> its only user, an out-of-place ReLU: the ReLU is computed from the accumulator;
+        # marker -> its only user, a Linear: the clamp is folded into the Linear's weights and bias.
+        self.relu_of_consumer = {}
+        for c in self.chain_consumers:
+            users = list(c.users)
+            if len(users) == 1 and users[0] in self.relu_nodes:
+                self.relu_of_consumer[c] = users[0]
+        self.folded_markers = {}
+        for m in self.split.markers:
+            users = list(m.users)
+            if len(users) == 1 and users[0] in self.linear_nodes and users[0].args[0] is m:
+                self.folded_markers[m] = users[0]
+        self.folded_linears = {lin: m for m, lin in self.folded_markers.items()}
         self._todo_cache: dict = {}
         self._weights: dict = {}
 
     # ---------------------------------------------------------------- set-up
-    def _run_rest(self, env, nodes, edits=None, noise_fn=None):
+    def _run_rest(self, env, nodes, edits=None, noise_fn=None, bufs=None):
+        """Compute ``nodes`` (graph order) into ``env``. Walks pass ``bufs``, their own output tensors:
+        markers, ReLUs and column-major Linears then write into the node's buffer from the previous
+        level instead of a new tensor, and column-major walks fold clamps into Linears (module
+        docstring, "Buffers and fusions")."""
+        fuse = bufs is not None and self.colmajor
         for n in nodes:
             if n in self.split.marker_layer:
                 h = env[n.args[0]]
@@ -205,18 +315,74 @@ class FastEvaluator:
                     env[n] = noise_fn(li, h)
                 else:
                     e = edits.get(li) if edits else None
-                    env[n] = e(h) if e is not None else h
+                    if fuse and n in self.folded_markers and _is_colmajor(h) and _foldable(e):
+                        env[n] = _Folded(h, e)  # applied by its Linear (the next branch)
+                    elif e is None:
+                        env[n] = h
+                    elif bufs is not None and getattr(e, "supports_out", False) and e.ablated:
+                        env[n] = e(h, out=_buffer(bufs, n, h))
+                    else:
+                        env[n] = e(h)
             elif n in self.inplace:
                 env[n] = run_node(n, env, self.traced, first_arg=env[n.args[0]].clone())
+            elif n in self.linear_nodes and (_is_colmajor(env[n.args[0]]) or isinstance(env[n.args[0]], _Folded)):
+                w, b = self.linear_nodes[n] or (*load_args(n.args[1:], env), None)[:2]
+                h = env[n.args[0]]
+                if isinstance(h, _Folded):
+                    w, b, h = h.fold(w, b)
+                out = None
+                if bufs is not None:  # (out_features, n) row-major == the (n, out_features) result column-major
+                    out = _buffer(bufs, n, h, shape=(w.shape[0], h.shape[0]), stride=(h.shape[0], 1))
+                env[n] = _linear_colmajor(h, w, b, out=out)
+            elif bufs is not None and n in self.relu_nodes:
+                h = env[n.args[0]]
+                env[n] = torch.clamp_min(h, 0, out=_buffer(bufs, n, h))  # what torch.relu computes
             else:
                 env[n] = run_node(n, env, self.traced)
 
+    def _find_linear_nodes(self) -> dict:
+        """Rest nodes that are plain ``nn.Linear`` calls (-> (weight, bias)) or ``F.linear`` (-> None)."""
+        found = {}
+        global_hooks = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+        for n in self.split.rest:
+            if n.op == "call_module" and len(n.args) == 1 and not n.kwargs and not global_hooks:
+                m = self.traced.module(n.target)
+                if type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks):
+                    found[n] = (m.weight, m.bias)
+            elif n.op == "call_function" and n.target in (F.linear, torch._C._nn.linear) and len(n.args) in (2, 3) and not n.kwargs:
+                found[n] = None
+        return found
+
+    def _find_relu_nodes(self) -> set:
+        """Rest nodes that are out-of-place ReLUs (``nn.ReLU()``, ``F.relu``, ``torch.relu``, ``.relu()``)."""
+        found = set()
+        global_hooks = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+        for n in self.split.rest:
+            if len(n.args) != 1 or n in self.inplace:
+                continue
+            if n.op == "call_module" and not n.kwargs and not global_hooks:
+                m = self.traced.module(n.target)
+                if type(m) is nn.ReLU and not m.inplace and not (m._forward_hooks or m._forward_pre_hooks):
+                    found.add(n)
+            elif n.op == "call_function" and n.target in (F.relu, torch.relu) and not n.kwargs.get("inplace", False):
+                found.add(n)
+            elif n.op == "call_method" and n.target == "relu" and not n.kwargs:
+                found.add(n)
+        return found
+
+    def _matches_model(self, got, ref) -> bool:
+        return isinstance(got, torch.Tensor) and got.shape == ref.shape and torch.allclose(
+            got, ref, rtol=1e-4, atol=1e-5 * (1 + float(ref.abs().max()))
+        )
+
     def _probe(self):
-        """Run the traced graph on a few examples: check it matches the model, measure sizes."""
+        """Run the traced graph on a few examples: check it matches the model, measure sizes, and decide
+        whether 2-D activations are kept column-major (module docstring, "Layout")."""
         x = self.batches[0][0][:3].to(self.device)
         n = self.probe_n = x.shape[0]
         try:
             env = self.split.run_prefix(x)
+            cache = dict(env)
             self._run_rest(env, self.split.rest)
         except SingledirError:
             raise
@@ -224,11 +390,18 @@ class FastEvaluator:
             raise TraceFailed(f"running the traced graph failed: {type(exc).__name__}: {exc}") from exc
         ref = check_logits(self.model(x))
         got = env[self.out_node]
-        if not isinstance(got, torch.Tensor) or got.shape != ref.shape or not torch.allclose(
-            got, ref, rtol=1e-4, atol=1e-5 * (1 + float(ref.abs().max()))
-        ):
+        if not self._matches_model(got, ref):
             raise TraceFailed("the traced graph does not reproduce the model's output")
+        if self.linear_nodes and any(self._colmajor_ok(k, v) for k, v in cache.items()):
+            self.colmajor = True
+            try:
+                cenv = self._to_colmajor(cache)
+                self._run_rest(cenv, self.split.rest)
+                self.colmajor = self._matches_model(cenv[self.out_node], ref)
+            except Exception:  # an op of the model needs row-major 2-D tensors (e.g. .view): keep row-major
+                self.colmajor = False
         self.shapes = {k: tuple(v.shape) for k, v in env.items() if isinstance(v, torch.Tensor)}
+        self.dtypes = {k: v.dtype for k, v in env.items() if isinstance(v, torch.Tensor)}
         for m in self.split.markers:
             h = env[m]
             if not isinstance(h, torch.Tensor) or h.ndim < 2 or h.shape[0] != n:
@@ -268,8 +441,24 @@ class FastEvaluator:
         n = sum(int(b[1].shape[0]) for b in self.batches)
         return max(1, math.ceil(n / self.chunk))
 
+    def _colmajor_ok(self, node, v) -> bool:
+        """A cached batch tensor (n, C) that the column-major layout applies to."""
+        return (
+            node in self.split.input_dependent
+            and isinstance(v, torch.Tensor)
+            and v.ndim == 2
+            and v.shape[0] > 1
+            and v.shape[1] > 1
+            and v.is_floating_point()
+        )
+
+    def _to_colmajor(self, cache: dict) -> dict:
+        return {k: _colmajor(v) if self._colmajor_ok(k, v) else v for k, v in cache.items()}
+
     def _base_env(self, x):
         env = self.split.run_prefix(x)
+        if self.colmajor:
+            env = self._to_colmajor(env)
         self._run_rest(env, self.split.rest)
         for m in self.split.markers:
             check_finite(env[m], f"the output of layer {self.split.marker_layer[m]!r}")
@@ -371,7 +560,7 @@ class FastEvaluator:
             hit = self._todo_cache[key] = (todo, row_safe)
         return hit
 
-    def _step(self, env, accs, base_accs, edits, new, counts, plans, owned=None):
+    def _step(self, env, accs, base_accs, edits, new, counts, plans, owned=None, bufs=None):
         """Apply newly ablated units ``new`` ({layer index: units}) to ``env``.
 
         Walks pass their own ``accs`` (updated in place) and ``owned`` (nodes whose tensors they may
@@ -397,7 +586,7 @@ class FastEvaluator:
                     dirty.append(m)
         todo, row_safe = self._todo(frozenset(m for m, *_ in inc), frozenset(dirty))
         inputs = {}
-        if len(inc) == 1 and not dirty and row_safe:
+        if len(inc) == 1 and not dirty and row_safe and not (accs is not None and self.colmajor):
             m, ch, li, units = inc[0]
             ds = inputs[m] = self._chain_inputs(ch, env, plans[li], units)
             n = ds[0][1].shape[0]
@@ -408,6 +597,7 @@ class FastEvaluator:
             rows = nz.nonzero().squeeze(1)
             if rows.numel() <= (_SPARSE_WALK if accs is not None else _SPARSE_SINGLE) * n:
                 return self._sparse_step(env, accs, base_accs, edits, ch, plans[li], ds, rows, todo, owned)
+        fused = set()
         for m, ch, li, units in inc:
             c = ch.consumer
             ds = inputs.get(m) or self._chain_inputs(ch, env, plans[li], units)
@@ -415,17 +605,31 @@ class FastEvaluator:
             if accs is not None:
                 acc = accs.get(c)
                 if acc is None:
-                    acc = env[c].to(torch.float64, copy=True)
+                    if bufs is None:
+                        acc = env[c].to(torch.float64, copy=True)
+                    else:
+                        acc = _buffer(bufs, ("acc", c), env[c], dtype=torch.float64).copy_(env[c])
                 acc = accs[c] = self._add_dense(acc, ch, w, ds, inplace=True)
             else:
                 acc0 = base_accs.get(c)
                 if acc0 is None:
                     acc0 = base_accs[c] = env[c].to(torch.float64, copy=True)
                 acc = self._add_dense(acc0, ch, w, ds, inplace=False)
-            env[c] = acc.to(env[c].dtype, copy=True)
+            r = self.relu_of_consumer.get(c) if bufs is not None and self.colmajor else None
+            if r is not None and r in todo:
+                # relu(float32(acc)) in one buffer, in place; the float32 pre-activation (read by this
+                # ReLU only) is not kept. Bitwise what the ReLU node computes on float32(acc).
+                out = _buffer(bufs, r, acc, dtype=self.dtypes[c])
+                env[r] = out.copy_(acc).clamp_min_(0)
+                env.pop(c, None)
+                fused.add(r)
+            elif bufs is None:
+                env[c] = acc.to(env[c].dtype, copy=True)
+            else:
+                env[c] = _buffer(bufs, c, env[c]).copy_(acc)
             if owned is not None:
                 owned.discard(c)
-        self._run_rest(env, todo, edits=edits)
+        self._run_rest(env, [n for n in todo if n not in fused] if fused else todo, edits=edits, bufs=bufs)
         if accs is not None:
             for n in todo:
                 if n in self.chain_consumers:
@@ -479,7 +683,7 @@ class FastEvaluator:
         correct, loss = 0, 0.0
         for _s, x, y in _chunks(self.batches, self.chunk):
             env = self._base_env(x.to(self.device))
-            c, lo = score(env[self.out_node], y.to(self.device))
+            c, lo = _score(env[self.out_node], y.to(self.device))
             correct += c
             loss += lo
         return correct, loss
@@ -492,6 +696,7 @@ class FastEvaluator:
                 y = y.to(self.device)
                 base_env = self._base_env(x.to(self.device))
                 base_cv, base_lv = _example_scores(base_env[self.out_node], y)
+                bufs: dict = {}  # reused by each curve's walk (a walk starts from base_env, never from these)
                 for ci, curve in enumerate(curves):
                     env, accs, owned = dict(base_env), {}, set()
                     cv, lv = base_cv.clone(), base_lv.clone()
@@ -504,7 +709,7 @@ class FastEvaluator:
                             for li, us in new.items():
                                 edits[li].add(us)
                                 counts[li] = len(edits[li].ablated)
-                            r = self._step(env, accs, None, edits, new, counts, curve.plans, owned)
+                            r = self._step(env, accs, None, edits, new, counts, curve.plans, owned, bufs)
                             if r is None:
                                 cv, lv = _example_scores(env[self.out_node], y)
                             elif r[0].numel():
@@ -534,7 +739,7 @@ class FastEvaluator:
                     counts[li] = 1
                     r = self._step(env, None, base_accs, edits, {li: [u]}, counts, plans)
                     if r is None:
-                        c, lo = score(env[self.out_node], y)
+                        c, lo = _score(env[self.out_node], y)
                     else:
                         rows, out = r
                         c_r, l_r = _example_scores(out, y.index_select(0, rows))
@@ -571,7 +776,7 @@ class FastEvaluator:
 
                         env = dict(cache)
                         self._run_rest(env, rest, noise_fn=noise_fn)
-                        c, lo = score(env[self.out_node], y)
+                        c, lo = _score(env[self.out_node], y)
                         correct[r, s] += c
                         loss[r, s] += lo
                         bar.update(1)

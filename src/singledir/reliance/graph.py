@@ -12,7 +12,8 @@ Offers:
 - :func:`find_linear_chain` -- whether a marker feeds, through channel-separable linear ops only
   (average pools, flatten, identity, eval dropout), a single ``nn.Linear`` / ``nn.Conv*d``: then the
   consumer's output can be updated *incrementally* unit by unit (see :mod:`.engine`).
-- :func:`run_node` -- execute one node given the values of its inputs.
+- :func:`run_node` -- execute one node given the values of its inputs (:func:`load_args`: a node's
+  arguments with their values).
 
 Why the split is exact: an ablation only changes values downstream of the ablated layer's marker. Every
 node the markers do not reach computes the same value at every level, so computing it once and reusing it
@@ -135,14 +136,15 @@ def is_inplace(node: fx.Node, traced: Traced) -> bool:
     return False
 
 
-def _load(arg, env):
+def load_args(arg, env):
+    """``arg`` (nested args of a node) with every node replaced by its value in ``env``."""
     return fx.node.map_arg(arg, lambda n: env[n])
 
 
 def run_node(node: fx.Node, env, traced: Traced, first_arg=None):
     """Execute ``node`` with input values from ``env``; ``first_arg`` replaces its first argument."""
-    args = _load(node.args, env)
-    kwargs = _load(node.kwargs, env)
+    args = load_args(node.args, env)
+    kwargs = load_args(node.kwargs, env)
     if first_arg is not None:
         args = (first_arg, *args[1:])
     if node.op == "call_module":

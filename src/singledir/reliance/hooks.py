@@ -255,8 +255,9 @@ def apply_clamp(h: torch.Tensor, mask: torch.Tensor, values: torch.Tensor | floa
     return clamp_with(h, keep.to(h.device), None if fill is None else fill.to(h.device))
 
 
-def clamp_with(h: torch.Tensor, keep: torch.Tensor, fill: torch.Tensor | None) -> torch.Tensor:
-    """``h * keep + fill`` with per-unit ``keep``/``fill`` of shape (C,) or (R, C) (replicas)."""
+def clamp_with(h: torch.Tensor, keep: torch.Tensor, fill: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``h * keep + fill`` with per-unit ``keep``/``fill`` of shape (C,) or (R, C) (replicas); written
+    into ``out`` (same shape as ``h``, not overlapping it) if given."""
     c = h.shape[1]
     if keep.ndim == 1:
         shape = _unit_shape(h)
@@ -267,11 +268,15 @@ def clamp_with(h: torch.Tensor, keep: torch.Tensor, fill: torch.Tensor | None) -
             raise ValueError(f"batch {h.shape[0]} is not a multiple of the {r} replicas of the mask")
         hv = h.reshape(r, h.shape[0] // r, *h.shape[1:])
         shape = (r, 1, c) + (1,) * (h.ndim - 2)
+    if out is not None and keep.ndim == 1:
+        if fill is None:
+            return torch.mul(h, keep.view(shape), out=out)
+        return torch.addcmul(fill.view(shape), h, keep.view(shape), out=out)
     if fill is None:
-        out = hv * keep.view(shape)
+        res = hv * keep.view(shape)
     else:
-        out = torch.addcmul(fill.view(shape) if fill.ndim == keep.ndim else fill.view((-1, 1, c) + (1,) * (h.ndim - 2)), hv, keep.view(shape))
-    return out.reshape(h.shape)
+        res = torch.addcmul(fill.view(shape) if fill.ndim == keep.ndim else fill.view((-1, 1, c) + (1,) * (h.ndim - 2)), hv, keep.view(shape))
+    return res.reshape(h.shape)
 
 
 @dataclass

@@ -98,6 +98,8 @@ class EditWalker:
             self.values = plan.values.to(device)
             self.has_fill = False
         self.proj = None
+        #: ``w(h, out=t)`` writes into ``t`` (unit clamps); projections always return a new tensor.
+        self.supports_out = plan.basis is None
 
     def add(self, units) -> None:
         self.ablated.extend(units)
@@ -111,7 +113,7 @@ class EditWalker:
         else:
             self.proj = projection_matrix(self.plan.basis, self.ablated)
 
-    def __call__(self, h):
+    def __call__(self, h, out=None):
         if not self.ablated:
             return h
         if self.plan.basis is None:
@@ -119,7 +121,7 @@ class EditWalker:
             fill = None
             if self.has_fill:
                 fill = self.fill if self.fill.dtype == h.dtype else self.fill.to(h.dtype)
-            return clamp_with(h, keep, fill)
+            return clamp_with(h, keep, fill, out=out)
         return apply_projection(h, self.proj, self.plan.center)
 
 
