@@ -149,6 +149,43 @@ def _buffer(bufs: dict, key, like: torch.Tensor, dtype=None, shape=None, stride=
     return b
 
 
+#: Column-major walks re-anchor a Linear consumer's float32 output to its exact value every this many
+#: rank-1 updates (see :class:`_AnchoredSum`).
+_ANCHOR_EVERY = 8
+
+
+class _AnchoredSum:
+    """A walk's Linear-consumer output ``start + sum_i v_i w_i^T`` (one rank-1 term per newly ablated
+    unit), kept as a float32 tensor ``work`` that the next nodes read directly.
+
+    Float32 updates halve the memory traffic of a float64 accumulator and skip its conversion (the walk
+    is memory-bandwidth bound), but each rounds twice. So every ``_ANCHOR_EVERY`` updates the pending
+    terms are added to a float64 copy ``exact`` in one GEMM (float32 products are exact in float64) and
+    ``work`` is reset to ``exact`` rounded once to float32: ``work`` is never more than
+    ``_ANCHOR_EVERY - 1`` float32 updates away from the correctly rounded value, however many units
+    are ablated (the reference's own float32 matmul sums all units' terms in float32).
+    """
+
+    def __init__(self, start: torch.Tensor, bufs: dict, key):
+        self.exact = _buffer(bufs, (key, "exact"), start, dtype=torch.float64).copy_(start)
+        self.work = _buffer(bufs, (key, "work"), start).copy_(start)
+        self.vs: list = []
+        self.ws: list = []
+
+    def add(self, v: torch.Tensor, w64: torch.Tensor, w32: torch.Tensor) -> None:
+        """Add ``outer(v, w)`` (``v``: (n,) in the model's dtype; ``w`` in float64 and float32)."""
+        self.vs.append(v)
+        self.ws.append(w64)
+        if len(self.vs) < _ANCHOR_EVERY:
+            self.work.addr_(v, w32)
+            return
+        d = torch.stack(self.vs, 1).to(torch.float64)
+        self.exact.addmm_(d, torch.stack(self.ws))
+        self.work.copy_(self.exact)
+        self.vs.clear()
+        self.ws.clear()
+
+
 def _foldable(edit) -> bool:
     """A walk's unit clamp (``EditWalker`` without basis): foldable into the next Linear."""
     return edit is None or (getattr(edit, "supports_out", False) and hasattr(edit, "keep"))
@@ -217,9 +254,26 @@ def _example_scores(logits, y):
 
 
 def _score(logits, y) -> tuple[int, float]:
-    """``score`` (summed correct, summed cross-entropy) via :func:`_example_scores`."""
-    c, lo = _example_scores(logits, y)
-    return int(c.sum()), float(lo.sum())
+    """``score`` (number correct, summed cross-entropy): the totals of :func:`_example_scores`.
+
+    Column-major logits skip the per-example vectors (the walk calls this once per level and example
+    chunk). With ``m`` the row maximum and ``D = logits - m``: the loss of a row is
+    ``log(sum(exp(D))) - D_y`` (log-softmax's own formula) and the row is correct when ``D_y == 0`` --
+    exact unless a row has tied maxima, which the number of zeros of ``D`` (== rows otherwise) detects:
+    then the rows are scored with argmax's first-maximum rule by :func:`_example_scores`.
+    """
+    if not (_is_colmajor(logits) and logits.is_floating_point()):
+        c, lo = _example_scores(logits, y)
+        return int(c.sum()), float(lo.sum())
+    lt = logits.t()  # (classes, n), contiguous
+    d = lt - lt.amax(0, keepdim=True)
+    dy = d.gather(0, y.unsqueeze(0))
+    log_s = d.exp().sum(0).log_()
+    loss = float(log_s.sum(dtype=torch.float64)) - float(dy.sum(dtype=torch.float64))
+    if not math.isfinite(loss) or float(d.eq_(0).sum()) != lt.shape[1]:
+        c, lo = _example_scores(logits, y)  # ties (or the one-line error for non-finite logits)
+        return int(c.sum()), float(lo.sum())
+    return int((dy == 0).sum()), loss
 
 
 class _RowView:
@@ -602,13 +656,19 @@ class FastEvaluator:
             c = ch.consumer
             ds = inputs.get(m) or self._chain_inputs(ch, env, plans[li], units)
             w = self._weight(ch, plans[li])
-            if accs is not None:
+            anchored = bufs is not None and self.colmajor and ch.kind == "linear" and ch.r == 1
+            if accs is not None and anchored:
                 acc = accs.get(c)
                 if acc is None:
-                    if bufs is None:
-                        acc = env[c].to(torch.float64, copy=True)
-                    else:
-                        acc = _buffer(bufs, ("acc", c), env[c], dtype=torch.float64).copy_(env[c])
+                    acc = accs[c] = _AnchoredSum(env[c], bufs, c)
+                w32 = self._weight32(ch, plans[li], w)
+                for u, d in ds:
+                    acc.add(d.reshape(-1), w[u, 0], w32[u, 0])
+                acc = acc.work
+            elif accs is not None:
+                acc = accs.get(c)
+                if acc is None:
+                    acc = env[c].to(torch.float64, copy=True)
                 acc = accs[c] = self._add_dense(acc, ch, w, ds, inplace=True)
             else:
                 acc0 = base_accs.get(c)
@@ -617,12 +677,14 @@ class FastEvaluator:
                 acc = self._add_dense(acc0, ch, w, ds, inplace=False)
             r = self.relu_of_consumer.get(c) if bufs is not None and self.colmajor else None
             if r is not None and r in todo:
-                # relu(float32(acc)) in one buffer, in place; the float32 pre-activation (read by this
-                # ReLU only) is not kept. Bitwise what the ReLU node computes on float32(acc).
+                # The ReLU straight from the accumulator; the pre-activation (read by this ReLU only)
+                # is not kept. Bitwise what the ReLU node computes on it.
                 out = _buffer(bufs, r, acc, dtype=self.dtypes[c])
-                env[r] = out.copy_(acc).clamp_min_(0)
+                env[r] = torch.clamp_min(acc, 0, out=out) if acc.dtype == out.dtype else out.copy_(acc).clamp_min_(0)
                 env.pop(c, None)
                 fused.add(r)
+            elif anchored and accs is not None:
+                env[c] = acc  # the accumulator's own float32 tensor, updated in place by later steps
             elif bufs is None:
                 env[c] = acc.to(env[c].dtype, copy=True)
             else:
@@ -710,15 +772,20 @@ class FastEvaluator:
                                 edits[li].add(us)
                                 counts[li] = len(edits[li].ablated)
                             r = self._step(env, accs, None, edits, new, counts, curve.plans, owned, bufs)
-                            if r is None:
+                            if r is None and self.colmajor:  # no row-sparse steps: totals suffice
+                                cv = lv = None
+                                tot = _score(env[self.out_node], y)
+                            elif r is None:
                                 cv, lv = _example_scores(env[self.out_node], y)
                             elif r[0].numel():
                                 c_r, l_r = _example_scores(r[1], y.index_select(0, r[0]))
                                 cv.index_copy_(0, r[0], c_r)
                                 lv.index_copy_(0, r[0], l_r)
                             k = level
-                        res[ci][0][i] += int(cv.sum())
-                        res[ci][1][i] += float(lv.sum())
+                        if cv is not None:
+                            tot = int(cv.sum()), float(lv.sum())
+                        res[ci][0][i] += tot[0]
+                        res[ci][1][i] += tot[1]
                     bar.update(len(curve.levels))
         return res
 
