@@ -25,7 +25,8 @@ How the fx path works (and why it is exact)
    ``W_u g_u(c_u - h_u)``; so going from level k-1 to k we add the newly ablated units' deltas to a
    float64 accumulator instead of recomputing the consumer (and everything in between). Products of
    float32 numbers are exact in float64, so the accumulator carries the exact sum up to one rounding
-   per addition (~1e-16 relative) -- far below the float32 rounding of the reference's own matmul. When
+   per addition (~1e-16 relative) -- far below the float32 rounding of the reference's own matmul
+   (column-major walks keep a float32 copy re-anchored to it, item 4). When
    a layer becomes *fully* ablated the consumer is recomputed from the clamped tensor instead (exactly
    the reference's value: all-zero inputs give the bias bit for bit). A random-basis "unit" is a
    direction q: its coordinate is ``q . h`` and its weight ``W q``, the same update.
@@ -36,6 +37,28 @@ How the fx path works (and why it is exact)
    that the recomputed state stays cache-sized (these CPUs are memory-bandwidth bound: stacking hundreds
    of levels along the batch made every elementwise op ~10x slower than walking levels on
    cache-resident chunks) and everything held stays within ``memory_budget``.
+4. *Layout, buffers and fusions* (MLP-style rests: 2-D activations and ``nn.Linear`` / ``F.linear``).
+   The walk is memory-bandwidth bound, so it is organised around bytes moved per level:
+
+   - *Column-major 2-D activations.* Cached (n, C) batch tensors are stored column-major (``v.t()``
+     contiguous); elementwise ops keep that layout, a Linear on it runs as ``W h^T + b`` (one GEMM with
+     a long inner dimension, ~3x faster than ``F.linear`` for a 128->10 readout), and the logits are
+     scored by reductions along contiguous memory (``_score``). Chosen only when the probe batch run
+     this way reproduces the model (an op such as ``.view`` that needs row-major input keeps row-major).
+   - *Buffers.* A walk writes each level's markers, ReLUs and Linears into the tensors of the previous
+     level (``out=``) instead of fresh ones: the old value of a recomputed node is never read again.
+   - *Fusions.* A consumer read only by a ReLU feeds the ReLU directly (its pre-activation is not
+     stored); a marker read only by a Linear is folded into the Linear's weights (``W * keep``, bias
+     ``+ W fill``: for a zero clamp the very same products and sums).
+   - *Float32 accumulators, re-anchored.* A Linear consumer is kept as a float32 tensor updated by
+     rank-1 terms and reset to its float64 sum (one GEMM of the pending terms, rounded once) every
+     ``_ANCHOR_EVERY`` = 8 updates (:class:`_AnchoredSum`): at most 7 float32 updates from the
+     correctly rounded value, where the reference's matmul rounds a sum over all units.
+
+   Measured on the 784-128-128-10 MLP, full 257-level curve over 10k images, 1 thread: 1.09 s -> ~0.55 s
+   (``benchmarks/bench_ablation.py``). Row-sparse steps (``_step``) are not used in column-major walks
+   (gathering rows of a column-major tensor is a strided copy).
+
 Noise uses the same cached prefix (noise is added at every marker; the rest is recomputed per scale and
 repeat); its draws depend only on (seed, repeat, layer, example index), as in the reference.
 
@@ -464,7 +487,7 @@ class FastEvaluator:
         rest = sum(_nbytes(env.get(r)) for r in self.split.rest) / n
         acc = sum(2 * _nbytes(env.get(m)) for m in self.split.markers) / n
         peak = max((_nbytes(v) for v in env.values()), default=0) / n
-        per_example = cache + 3 * rest + 2 * acc + 2 * peak + 1
+        per_example = self.bytes_per_example = cache + 3 * rest + 2 * acc + 2 * peak + 1
         self.rest_bytes = rest + acc
         n_budget = max(1, int(self.budget // per_example))
         n_cache = max(_MIN_CHUNK, int(_CACHE_TARGET // max(1.0, self.rest_bytes)))

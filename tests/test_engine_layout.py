@@ -1,0 +1,174 @@
+"""The fast path's column-major walks: layout choice, buffers, fusions, anchored accumulators, scoring.
+
+Every-level walks (levels=None: hidden.0 and hidden.1 units alternate, so the ReLU fusion, the folded
+clamps and the float32 accumulators with their float64 re-anchoring all run many times), several example
+chunks (buffers reused, then re-allocated for a shorter last chunk) and two orders per call (the second
+walk starts again from the cached base) must give the reference's accuracies, and losses within 1e-5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import singledir as sd
+from singledir.errors import SingledirError
+from singledir.models import build_model
+from singledir.reliance import engine
+from singledir.reliance.engine import FastEvaluator, _AnchoredSum, _example_scores, _score
+from singledir.reliance.common import layer_plans, prepare
+from singledir.reliance.plan import score
+from singledir.reliance.testing import assert_unchanged, digits, snapshot
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits(700)
+
+
+class FunctionalMLP(nn.Module):
+    """The same MLP written with ``F.linear`` / ``torch.relu`` on parameters (call_function nodes)."""
+
+    def __init__(self, width=20):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.w1 = nn.Parameter(torch.randn(width, 64, generator=g) * 0.2)
+        self.b1 = nn.Parameter(torch.randn(width, generator=g) * 0.1)
+        self.w2 = nn.Parameter(torch.randn(width, width, generator=g) * 0.3)
+        self.b2 = nn.Parameter(torch.zeros(width))
+        self.w3 = nn.Parameter(torch.randn(10, width, generator=g) * 0.3)
+        self.act1, self.act2 = nn.Identity(), nn.Identity()
+
+    def forward(self, x):
+        h = self.act1(torch.relu(F.linear(x.flatten(1), self.w1, self.b1)))
+        h = self.act2(F.relu(F.linear(h, self.w2, self.b2)))
+        return F.linear(h, self.w3)
+
+
+class PairMax(nn.Module):
+    """Max over pairs of units via ``.view(-1, 2)``: needs row-major 2-D input (the walk must keep it)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1, self.act, self.fc = nn.Linear(64, 16), nn.ReLU(), nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = self.act(self.l1(x.flatten(1)))
+        return self.fc(h.view(-1, 2).amax(1).view(h.shape[0], -1))
+
+
+def evaluator(model, data, layers, memory_budget=None):
+    model.eval()
+    with torch.no_grad():
+        prepared = prepare(model, data, layers, None)
+        plans = layer_plans(model, prepared, "zero", None, None)
+        return FastEvaluator(model, prepared.batches, plans, memory_budget=memory_budget)
+
+
+def mlp(width=40):
+    return build_model("mlp", (1, 8, 8), 10, width=width, seed=0).eval()
+
+
+def test_mlp_walk_takes_the_column_major_path(data):
+    ev = evaluator(mlp(), data, ["hidden.0", "hidden.1"])
+    assert ev.colmajor
+    names = {n.name: n for n in ev.split.rest}
+    # hidden.1's Linear is read only by its ReLU: the ReLU is computed from the accumulator
+    assert {c.name: r.name for c, r in ev.relu_of_consumer.items()} == {"hidden_1_0": "hidden_1_1"}
+    # both markers are read only by a Linear: their clamps fold into it
+    assert sorted(lin.name for lin in ev.folded_markers.values()) == ["hidden_1_0", "out"]
+    assert names["out"] in ev.linear_nodes
+
+
+def test_view_model_keeps_row_major_and_stays_exact(data):
+    model = PairMax()
+    ev = evaluator(model, data, ["act"])
+    assert not ev.colmajor
+    kw = dict(repeats=2, progress=False)
+    fast = sd.ablation_curves(model, data, ["act"], **kw)
+    ref = sd.ablation_curves(model, data, ["act"], method="reference", **kw)
+    np.testing.assert_array_equal(fast.curves.accuracy.to_numpy(), ref.curves.accuracy.to_numpy())
+
+
+@pytest.mark.parametrize("clamp,basis", [("zero", "units"), ("mean", "units"), ("zero", "random")])
+@pytest.mark.parametrize("kind", ["mlp", "functional"])
+def test_every_level_walk_over_chunks_equals_reference(kind, clamp, basis, data):
+    if kind == "mlp":
+        model, layers = mlp(), ["hidden.0", "hidden.1"]
+    else:
+        model, layers = FunctionalMLP().eval(), ["act1", "act2"]
+    snap = snapshot(model)
+    # ~300 examples per chunk: 700 examples -> chunks of 300, 300, 100 (the last re-allocates buffers)
+    budget = int(300 * evaluator(model, data, layers).bytes_per_example)
+    ev = evaluator(model, data, layers, memory_budget=budget)
+    assert ev.colmajor and ev._nchunks() == 3
+    kw = dict(repeats=2, clamp=clamp, basis=basis, levels=None, progress=False, seed=5)
+    fast = sd.ablation_curves(model, data, layers, memory_budget=budget, **kw)
+    ref = sd.ablation_curves(model, data, layers, method="reference", **kw)
+    assert_unchanged(model, snap)
+    assert len(fast.curves) == 2 * (1 + (80 if kind == "mlp" else 40))
+    np.testing.assert_array_equal(fast.curves.accuracy.to_numpy(), ref.curves.accuracy.to_numpy())
+    np.testing.assert_allclose(fast.curves.loss.to_numpy(), ref.curves.loss.to_numpy(), atol=1e-5, rtol=0)
+
+
+def test_anchored_sum_stays_within_a_few_roundings_of_the_exact_sum():
+    g = torch.Generator().manual_seed(0)
+    n, c, steps = 500, 64, 100
+    start = torch.randn(c, n, generator=g).t()  # column-major, like the walk's tensors
+    acc = _AnchoredSum(start, {}, "key")
+    exact = start.double()
+    worst_between, max_abs = 0.0, 0.0
+    for i in range(1, steps + 1):
+        v = torch.randn(n, generator=g) * 3
+        w = torch.randn(c, generator=g, dtype=torch.float64).float().double()
+        acc.add(v, w, w.float())
+        exact += torch.outer(v.double(), w)
+        max_abs = max(max_abs, float(exact.abs().max()), float(torch.outer(v, w.float()).abs().max()))
+        err = float((acc.work.double() - exact).abs().max())
+        if i % engine._ANCHOR_EVERY == 0:
+            # right after an anchor: the exact sum rounded once
+            assert torch.equal(acc.work, exact.float())
+        else:
+            worst_between = max(worst_between, err)
+    eps = torch.finfo(torch.float32).eps
+    # at most _ANCHOR_EVERY - 1 float32 updates since the last anchor, each rounding twice (<= eps/2 each)
+    assert worst_between <= (engine._ANCHOR_EVERY - 1) * eps * max_abs
+    assert acc.work.stride() == start.stride()
+
+
+def test_column_major_scores_equal_score_including_ties():
+    g = torch.Generator().manual_seed(0)
+    n, k = 400, 7
+    logits = torch.randn(n, k, generator=g) * 2
+    y = torch.randint(0, k, (n,), generator=g)
+    # exact ties at the maximum, before and after the label (argmax takes the first)
+    logits[:40, 0] = logits[:40].amax(1) + 1
+    logits[:20, 3] = logits[:20, 0]
+    logits[20:40, 5] = logits[20:40, 0]
+    y[:10] = 0
+    y[10:20] = 3
+    y[20:30] = 5
+    y[30:40] = 0
+    colmajor = logits.t().contiguous().t()
+    want_c, want_l = score(logits, y)
+    got_c, got_l = _score(colmajor, y)
+    assert got_c == want_c
+    assert got_l == pytest.approx(want_l, rel=1e-6)
+    c, lo = _example_scores(colmajor, y)
+    np.testing.assert_array_equal(c.numpy(), (logits.argmax(1) == y).numpy())
+    np.testing.assert_allclose(lo.numpy(), F.cross_entropy(logits, y, reduction="none").double().numpy(), rtol=1e-6)
+    # without ties too
+    plain = torch.randn(n, k, generator=g)
+    assert _score(plain.t().contiguous().t(), y)[0] == score(plain, y)[0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_column_major_scores_reject_non_finite_logits(bad):
+    logits = torch.randn(50, 4)
+    logits[7, 2] = bad
+    with pytest.raises(SingledirError, match="non-finite|NaN"):
+        _score(logits.t().contiguous().t(), torch.zeros(50, dtype=torch.long))
