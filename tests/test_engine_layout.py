@@ -172,3 +172,27 @@ def test_column_major_scores_reject_non_finite_logits(bad):
     logits[7, 2] = bad
     with pytest.raises(SingledirError, match="non-finite|NaN"):
         _score(logits.t().contiguous().t(), torch.zeros(50, dtype=torch.long))
+
+
+def test_prefix_runs_once_across_base_and_importance_and_equals_uncached(data, monkeypatch):
+    model, layers = mlp(), ["hidden.0", "hidden.1"]
+    calls = []
+    from singledir.reliance.graph import Split
+
+    real = Split.run_prefix
+
+    def counting(self, x):
+        calls.append(x.shape[0])
+        return real(self, x)
+
+    monkeypatch.setattr(Split, "run_prefix", counting)
+    cached = sd.unit_importance(model, data, layers, progress=False)
+    # one probe (3 examples), then every example once: base() and the single-unit ablations share it
+    assert sorted(calls) == [3, len(data[1])]
+    tight = int(40 * evaluator(model, data, layers).bytes_per_example)  # chunks of ~40: few kept
+    calls.clear()
+    uncached = sd.unit_importance(model, data, layers, progress=False, memory_budget=tight)
+    rerun = sum(c for c in calls if c > 3) - len(data[1])
+    assert 0 < rerun < len(data[1])  # the chunks that did not fit a quarter of the budget ran twice
+    np.testing.assert_array_equal(cached.accuracy_drop.to_numpy(), uncached.accuracy_drop.to_numpy())
+    np.testing.assert_allclose(cached.loss_increase.to_numpy(), uncached.loss_increase.to_numpy(), atol=1e-6)
