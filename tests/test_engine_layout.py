@@ -94,6 +94,19 @@ def test_view_model_keeps_row_major_and_stays_exact(data):
     np.testing.assert_array_equal(fast.curves.accuracy.to_numpy(), ref.curves.accuracy.to_numpy())
 
 
+def test_last_chunk_of_one_example_equals_reference(data):
+    """A 1-example chunk cannot be column-major (it stays row-major inside a column-major walk)."""
+    model, layers = mlp(width=12), ["hidden.0", "hidden.1"]
+    d = (data[0][:301], data[1][:301])
+    budget = int(150 * evaluator(model, d, layers).bytes_per_example)
+    assert evaluator(model, d, layers, memory_budget=budget)._nchunks() == 3  # 150, 150, 1
+    kw = dict(repeats=2, levels=None, progress=False, seed=2)
+    fast = sd.ablation_curves(model, d, layers, memory_budget=budget, **kw)
+    ref = sd.ablation_curves(model, d, layers, method="reference", **kw)
+    np.testing.assert_array_equal(fast.curves.accuracy.to_numpy(), ref.curves.accuracy.to_numpy())
+    np.testing.assert_allclose(fast.curves.loss.to_numpy(), ref.curves.loss.to_numpy(), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("clamp,basis", [("zero", "units"), ("mean", "units"), ("zero", "random")])
 @pytest.mark.parametrize("kind", ["mlp", "functional"])
 def test_every_level_walk_over_chunks_equals_reference(kind, clamp, basis, data):
