@@ -56,10 +56,15 @@ How the fx path works (and why it is exact)
      correctly rounded value, where the reference's matmul rounds a float32 sum over all units
      (re-anchoring costs ~6% of the MLP curve at 16 updates, ~12% at 8).
 
-   Measured on the 784-128-128-10 MLP, full 257-level curve over 10k images, 1 thread: 1.09 s -> ~0.55 s
+   - *Batched scoring.* Each level's logits are copied into a ring and scored several levels at a time
+     (:class:`_ScoreQueue`): per level, a dozen small reductions cost as much dispatch as arithmetic.
+
+   Measured on the 784-128-128-10 MLP, full 257-level curve over 10k images, 1 thread: 1.09 s -> 0.47 s
    (``benchmarks/bench_ablation.py``). Row-sparse steps (``_step``) are not used in column-major walks
    (gathering rows of a column-major tensor is a strided copy), and single-unit ablations (importance)
-   stay row-major, where their row-sparse steps are faster.
+   stay row-major, where their row-sparse steps are faster; there a narrow readout (<= ``_NARROW_OUT``
+   outputs) still runs as ``W h^T``, and the prefix values are kept from ``base`` for the ablations
+   when all chunks' values fit a quarter of ``memory_budget`` (:meth:`FastEvaluator._prefix`).
 
 Noise uses the same cached prefix (noise is added at every marker; the rest is recomputed per scale and
 repeat); its draws depend only on (seed, repeat, layer, example index), as in the reference.
