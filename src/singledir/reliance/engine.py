@@ -43,7 +43,7 @@ How the fx path works (and why it is exact)
    - *Column-major 2-D activations.* Cached (n, C) batch tensors are stored column-major (``v.t()``
      contiguous); elementwise ops keep that layout, a Linear on it runs as ``W h^T + b`` (one GEMM with
      a long inner dimension, ~3x faster than ``F.linear`` for a 128->10 readout), and the logits are
-     scored by reductions along contiguous memory (``_score``). Chosen only when the probe batch run
+     scored by reductions along contiguous memory (:class:`_ScoreQueue`). Chosen only when the probe batch run
      this way reproduces the model (an op such as ``.view`` that needs row-major input keeps row-major).
    - *Buffers.* A walk writes each level's markers, ReLUs and Linears into the tensors of the previous
      level (``out=``) instead of fresh ones: the old value of a recomputed node is never read again.
@@ -55,7 +55,6 @@ How the fx path works (and why it is exact)
      ``_ANCHOR_EVERY`` = 16 updates (:class:`_AnchoredSum`): at most 15 float32 updates from the
      correctly rounded value, where the reference's matmul rounds a float32 sum over all units
      (re-anchoring costs ~6% of the MLP curve at 16 updates, ~12% at 8).
-
    - *Batched scoring.* Each level's logits are copied into a ring and scored several levels at a time
      (:class:`_ScoreQueue`): per level, a dozen small reductions cost as much dispatch as arithmetic.
 
@@ -188,9 +187,13 @@ class _ScoreQueue:
 
     Scoring one level is a dozen small reductions over (classes x examples); each costs a few
     microseconds of dispatch, as much as the arithmetic on a cache-sized chunk. So each level's logits
-    are copied into a ring of ``size`` slots and a full ring is scored in one go, with the formulas of
-    :func:`_score` along a leading level dimension. Levels with tied maxima (or non-finite logits) are
-    rescored one by one by :func:`_example_scores` (argmax's rule; the one-line error).
+    are copied into a ring of ``size`` slots and a full ring is scored in one go.
+
+    With ``m`` the maximum over classes and ``D = logits - m``: an example's loss is
+    ``log(sum(exp(D))) - D_y`` (log-softmax's own formula) and it is correct when ``D_y == 0`` -- exact
+    unless it has tied maxima, which the number of zeros of ``D`` (== examples otherwise) detects: such
+    levels (and levels with non-finite logits) are rescored by :func:`_example_scores` (argmax's
+    first-maximum rule; the one-line error).
     """
 
     def __init__(self, y: torch.Tensor, classes: int, dtype, size: int):
@@ -338,26 +341,15 @@ def _example_scores(logits, y):
 
 
 def _score(logits, y) -> tuple[int, float]:
-    """``score`` (number correct, summed cross-entropy): the totals of :func:`_example_scores`.
-
-    Column-major logits skip the per-example vectors (the walk calls this once per level and example
-    chunk). With ``m`` the row maximum and ``D = logits - m``: the loss of a row is
-    ``log(sum(exp(D))) - D_y`` (log-softmax's own formula) and the row is correct when ``D_y == 0`` --
-    exact unless a row has tied maxima, which the number of zeros of ``D`` (== rows otherwise) detects:
-    then the rows are scored with argmax's first-maximum rule by :func:`_example_scores`.
-    """
+    """``score`` (number correct, summed cross-entropy): the totals of :func:`_example_scores`;
+    column-major logits through a one-level :class:`_ScoreQueue` (no per-example vectors)."""
     if not (_is_colmajor(logits) and logits.is_floating_point()):
         c, lo = _example_scores(logits, y)
         return int(c.sum()), float(lo.sum())
-    lt = logits.t()  # (classes, n), contiguous
-    d = lt - lt.amax(0, keepdim=True)
-    dy = d.gather(0, y.unsqueeze(0))
-    log_s = d.exp().sum(0).log_()
-    loss = float(log_s.sum(dtype=torch.float64)) - float(dy.sum(dtype=torch.float64))
-    if not math.isfinite(loss) or float(d.eq_(0).sum()) != lt.shape[1]:
-        c, lo = _example_scores(logits, y)  # ties (or the one-line error for non-finite logits)
-        return int(c.sum()), float(lo.sum())
-    return int((dy == 0).sum()), loss
+    queue = _ScoreQueue(y, logits.shape[1], logits.dtype, 1)
+    queue.push(logits, None)
+    (_key, c, lo), = queue.flush()
+    return c, lo
 
 
 class _RowView:
@@ -495,15 +487,25 @@ class FastEvaluator:
             and self.out_features.get(n, _NARROW_OUT + 1) <= _NARROW_OUT
         )
 
+    def _plain_module(self, n, cls):
+        """The module node ``n`` calls on one argument if it is exactly a ``cls`` and no hook (its own or
+        global) would run around it -- then the engine may compute it its own way -- else None."""
+        if n.op != "call_module" or len(n.args) != 1 or n.kwargs:
+            return None
+        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return None
+        m = self.traced.module(n.target)
+        if type(m) is not cls or m._forward_hooks or m._forward_pre_hooks:
+            return None
+        return m
+
     def _find_linear_nodes(self) -> dict:
         """Rest nodes that are plain ``nn.Linear`` calls (-> (weight, bias)) or ``F.linear`` (-> None)."""
         found = {}
-        global_hooks = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
         for n in self.split.rest:
-            if n.op == "call_module" and len(n.args) == 1 and not n.kwargs and not global_hooks:
-                m = self.traced.module(n.target)
-                if type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks):
-                    found[n] = (m.weight, m.bias)
+            m = self._plain_module(n, nn.Linear)
+            if m is not None:
+                found[n] = (m.weight, m.bias)
             elif n.op == "call_function" and n.target in (F.linear, torch._C._nn.linear) and len(n.args) in (2, 3) and not n.kwargs:
                 found[n] = None
         return found
@@ -511,17 +513,15 @@ class FastEvaluator:
     def _find_relu_nodes(self) -> set:
         """Rest nodes that are out-of-place ReLUs (``nn.ReLU()``, ``F.relu``, ``torch.relu``, ``.relu()``)."""
         found = set()
-        global_hooks = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
         for n in self.split.rest:
             if len(n.args) != 1 or n in self.inplace:
                 continue
-            if n.op == "call_module" and not n.kwargs and not global_hooks:
-                m = self.traced.module(n.target)
-                if type(m) is nn.ReLU and not m.inplace and not (m._forward_hooks or m._forward_pre_hooks):
-                    found.add(n)
-            elif n.op == "call_function" and n.target in (F.relu, torch.relu) and not n.kwargs.get("inplace", False):
-                found.add(n)
-            elif n.op == "call_method" and n.target == "relu" and not n.kwargs:
+            m = self._plain_module(n, nn.ReLU)
+            if (
+                (m is not None and not m.inplace)
+                or (n.op == "call_function" and n.target in (F.relu, torch.relu) and not n.kwargs.get("inplace", False))
+                or (n.op == "call_method" and n.target == "relu" and not n.kwargs)
+            ):
                 found.add(n)
         return found
 
