@@ -40,6 +40,13 @@ REFERENCE_NOISE = {0.0: 0.979, 0.2: "0.32-0.52", 0.4: "0.32-0.52", 0.6: "0.32-0.
                    1.0: "0.32-0.52"}  # training accuracy with noise s = 0.56
 
 
+def _add_auc(runs, ablations) -> None:
+    """Per network (row of ``runs``): mean and std over orders of the ablation AUC, and the mean nAUC."""
+    runs["auc"] = [a["auc"]["auc"].mean() for a in ablations]
+    runs["auc_std"] = [a["auc"]["auc"].std(ddof=1) for a in ablations]
+    runs["nauc"] = [a["auc"]["nauc"].mean() for a in ablations]
+
+
 def _networks(ctx: Context, settings: dict, kind: str):
     """Train one network per (p, seed); return their run dirs and the per-run table."""
     configs = [dict(settings["train"], corrupt=p, seed=s) for p in settings["corrupt"] for s in settings["seeds"]]
@@ -85,9 +92,7 @@ def run(ctx: Context) -> ClaimResult:
                              desc="ablate MLPs")
     nz = ctx.analyze(analysis.noise, mlp_dirs, dict(split="train", layers=s["ablation"]["layers"],
                                                            **s["noise"]), desc="noise MLPs")
-    mlp_runs["auc"] = [a["auc"]["auc"].mean() for a in abl]
-    mlp_runs["auc_std"] = [a["auc"]["auc"].std(ddof=1) for a in abl]
-    mlp_runs["nauc"] = [a["auc"]["nauc"].mean() for a in abl]
+    _add_auc(mlp_runs, abl)
     mlp_runs["noise_auc"] = [n["auc"]["noise_auc"].mean() for n in nz]
     parts.append(_ablation_part("MLP ablation", mlp_runs, "auc"))
     parts.append(_ablation_part("MLP noise", mlp_runs, "noise_auc"))
@@ -122,9 +127,7 @@ def run(ctx: Context) -> ClaimResult:
         conv_dirs, conv_runs = _networks(ctx, conv, "ConvNet")
         cabl = ctx.analyze(analysis.ablation, conv_dirs, dict(split="train", **conv["ablation"]),
                                   desc="ablate ConvNets")
-        conv_runs["auc"] = [a["auc"]["auc"].mean() for a in cabl]
-        conv_runs["auc_std"] = [a["auc"]["auc"].std(ddof=1) for a in cabl]
-        conv_runs["nauc"] = [a["auc"]["nauc"].mean() for a in cabl]
+        _add_auc(conv_runs, cabl)
         parts.append(_ablation_part("ConvNet ablation", conv_runs, "auc"))
         tables["ConvNet networks"] = conv_runs
         ccurves = pd.concat([a["curves"].assign(p=p) for a, p in zip(cabl, conv_runs["corrupt"])])
