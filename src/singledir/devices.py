@@ -1,0 +1,44 @@
+"""Which device a model lives on, and the ``--device`` name a user asked for, checked once.
+
+Offers:
+
+- :func:`model_device` -- the device of a module's first parameter (or buffer); CPU for a module with
+  neither. Every path that feeds a model moves its inputs there.
+- :func:`resolve_device` -- ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` to a :class:`torch.device`, with a
+  one-line error when CUDA is asked for and not available.
+
+Example::
+
+    from singledir.devices import model_device
+    logits = model(x.to(model_device(model)))
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from singledir.errors import SingledirError
+
+__all__ = ["model_device", "resolve_device"]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def resolve_device(name) -> torch.device:
+    """The :class:`torch.device` for ``name``; raises :class:`SingledirError` if it cannot be used here."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise SingledirError(f"unknown device {name!r}: use 'cpu' or 'cuda' (optionally 'cuda:N')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SingledirError(f"device {name!r} asked for but CUDA is not available here: use --device cpu") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SingledirError(f"unsupported device {name!r}: use 'cpu' or 'cuda'")
+    return dev
