@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from singledir import stats
 from singledir.cli import main
-from singledir.experiments import CLAIMS, analysis, stats
+from singledir.experiments import CLAIMS, analysis, verdicts
 from singledir.experiments.runner import run_name
 
 VERDICTS = {"reproduced", "not reproduced", "inconclusive"}
@@ -185,18 +186,20 @@ def test_run_names_are_deterministic_and_complete():
 
 
 def test_verdict_rules():
-    assert stats.sign_verdict(-0.9, 0.01, -1)[0] == "reproduced"
-    assert stats.sign_verdict(0.9, 0.01, -1)[0] == "not reproduced"
-    assert stats.sign_verdict(-0.9, 0.2, -1)[0] == "inconclusive"
-    assert stats.sign_verdict(-0.9, 0.01, -1, target_reached=False)[0] == "inconclusive"
-    assert stats.sign_verdict(-0.9, 0.01, -1, n=3, min_n=4)[0] == "inconclusive"
-    assert stats.combine({"a": "reproduced", "b": "reproduced"})[0] == "reproduced"
-    assert stats.combine({"a": "reproduced", "b": "not reproduced"})[0] == "not reproduced"
-    assert stats.combine({"a": "reproduced", "b": "inconclusive"})[0] == "inconclusive"
-    # a perfectly monotone 6-point relation: exact permutation p = 2/720
+    assert verdicts.sign_verdict(-0.9, 0.01, -1)[0] == "reproduced"
+    assert verdicts.sign_verdict(0.9, 0.01, -1)[0] == "not reproduced"
+    assert verdicts.sign_verdict(-0.9, 0.2, -1)[0] == "inconclusive"
+    assert verdicts.sign_verdict(-0.9, 0.01, -1, target_reached=False)[0] == "inconclusive"
+    assert verdicts.sign_verdict(-0.9, 0.01, -1, n=3, min_n=4)[0] == "inconclusive"
+    assert verdicts.sign_verdict(float("nan"), 0.01, -1)[0] == "inconclusive"
+    assert verdicts.combine({"a": "reproduced", "b": "reproduced"})[0] == "reproduced"
+    assert verdicts.combine({"a": "reproduced", "b": "not reproduced"})[0] == "not reproduced"
+    assert verdicts.combine({"a": "reproduced", "b": "inconclusive"})[0] == "inconclusive"
+    # the verdicts read singledir.stats results: a perfectly monotone 6-point relation (exact p = 2/720)
     c = stats.spearman([0, 0.2, 0.4, 0.6, 0.8, 1.0], [6, 5, 4, 3, 2, 1])
-    assert c["rho"] == -1 and c["p"] == pytest.approx(2 / 720)
-    assert stats.spearman([1, 1, 1], [1, 2, 3])["rho"] is None
+    assert verdicts.sign_verdict(c["rho"], c["p"], -1, n=c["n"])[0] == "reproduced"
+    undefined = stats.spearman([1, 1, 1], [1, 2, 3])
+    assert verdicts.sign_verdict(undefined["rho"], undefined["p"], -1)[0] == "inconclusive"
 
 
 # ---------------------------------------------------------------------------- the process pool

@@ -263,6 +263,7 @@ def analyze(
     ``noise_repeats`` noise draws per scale over the engine's default ``scales``.
     """
     import singledir as sd
+    from singledir import stats
     from singledir.reliance.correlation import selectivity_vs_importance
     from singledir.reliance.inputs import check_choice
     from singledir.reliance.selectivity import DEFAULT_BINS
@@ -323,7 +324,8 @@ def analyze(
             "curve_examples": n_curve,
             "unit_examples": len(unit_data[1]) if isinstance(unit_data, (tuple, list)) else None,
             "mutual_info_estimator": f"quantile bins ({bins}) of non-zero activity + a zero bin, plug-in, bits",
-            "correlation": "Spearman rho (scipy), percentile bootstrap CI over units; dead units left out",
+            "correlation": "Spearman rho, percentile bootstrap CI over units; dead units left out",
+            "p_value_rule": stats.P_VALUE_RULE,
         },
         "ablation": {"auc": _records(abl_auc), "unablated_accuracy": _unablated(abl.curves)},
         "noise": {"auc": _records(nres.auc())} if nres is not None else None,

@@ -1,9 +1,10 @@
-"""The paper's claims as experiments: presets, the run cache, verdict statistics, and the main job.
+"""The paper's claims as experiments: presets, the run cache, verdict rules, and the main job.
 
 - :data:`CLAIMS` -- claim name -> module under :mod:`singledir.experiments.claims` (each has ``NAME``,
   ``TITLE``, ``STATEMENT``, ``RULE`` and ``run(ctx) -> ClaimResult``).
 - :func:`reproduce` (in :mod:`.reproduce`) -- run claims with a preset and write the report.
-- :mod:`.presets`, :mod:`.runner`, :mod:`.stats`, :mod:`.analysis`, :mod:`.context`.
+- :mod:`.presets`, :mod:`.runner`, :mod:`.verdicts`, :mod:`.analysis`, :mod:`.context`; the statistics
+  themselves are in :mod:`singledir.stats`.
 """
 
 from __future__ import annotations

@@ -8,10 +8,12 @@ Decisions stated in the report:
 
 - Evaluation examples: a fixed random subset (``torch.Generator`` seeded with 0) of the split; for the
   training split the labels are the run's own (corrupted) labels.
-- AUC: area under accuracy vs fraction of units ablated (x in [0, 1]), trapezoid rule, per ablation
-  order; ``nauc`` = AUC / unablated accuracy of the same curve.
-- Noise AUC: mean accuracy over the log-spaced noise scales (area under accuracy vs log10 scale divided
-  by the log range, trapezoid) -- 1 means untouched by noise.
+- AUC (:func:`singledir.stats.ablation_auc`): area under accuracy vs fraction of units ablated (x in
+  [0, 1]), trapezoid rule, per ablation order; ``nauc`` = AUC / unablated accuracy of the same curve.
+- Noise AUC (:func:`singledir.stats.noise_auc_range_normalized`, column ``noise_auc_range_normalized``):
+  mean accuracy over the log-spaced noise scales (area under accuracy vs log10 scale divided by the log
+  range) -- not divided by the noise-free accuracy, unlike ``normalized_auc`` of
+  :meth:`singledir.reliance.noise.NoiseResult.auc`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from singledir import stats
 from singledir.analysis import parse_layers, subset
 
 
@@ -57,29 +60,23 @@ def unit_levels(model, layers: list[str], levels: int) -> list[int]:
 
 
 def curve_auc(curves: pd.DataFrame, by=("order", "repeat")) -> pd.DataFrame:
-    """AUC (trapezoid over fraction in [0, 1]) and normalized AUC of each curve in ``curves``."""
+    """:func:`singledir.stats.ablation_auc` of each curve: ``auc``, ``acc0`` (accuracy at fraction 0), ``nauc``."""
     rows = []
     by = [c for c in by if c in curves.columns]
     for key, g in curves.groupby(by, sort=True):
-        g = g.sort_values("fraction")
-        f = g["fraction"].to_numpy(float)
-        a = g["accuracy"].to_numpy(float)
-        auc = float(np.trapezoid(a, f)) if hasattr(np, "trapezoid") else float(np.trapz(a, f))
-        a0 = float(a[0]) if f[0] == 0 else float("nan")
+        a = stats.ablation_auc(g["fraction"], g["accuracy"])
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key)), "auc": auc, "acc0": a0, "nauc": auc / a0 if a0 > 0 else float("nan")})
+        rows.append({**dict(zip(by, key)), "auc": a["auc"], "acc0": a["base_accuracy"], "nauc": a["normalized_auc"]})
     return pd.DataFrame(rows)
 
 
 def noise_auc(curves: pd.DataFrame) -> pd.DataFrame:
-    """Mean accuracy over log10(scale) (trapezoid / log range) per noise repeat."""
+    """Per noise repeat: :func:`singledir.stats.noise_auc_range_normalized` (mean accuracy over log10 scale;
+    not divided by the noise-free accuracy), column ``noise_auc_range_normalized``."""
     rows = []
     for rep, g in curves.groupby("repeat", sort=True):
-        g = g.groupby("scale", as_index=False)["accuracy"].mean().sort_values("scale")
-        s = np.log10(g["scale"].to_numpy(float))
-        a = g["accuracy"].to_numpy(float)
-        area = np.trapezoid(a, s) if hasattr(np, "trapezoid") else np.trapz(a, s)
-        rows.append({"repeat": rep, "noise_auc": float(area / (s[-1] - s[0])) if len(s) > 1 else float(a[0])})
+        g = g.groupby("scale", as_index=False)["accuracy"].mean()
+        rows.append({"repeat": rep, "noise_auc_range_normalized": stats.noise_auc_range_normalized(g["scale"], g["accuracy"])})
     return pd.DataFrame(rows)
 
 

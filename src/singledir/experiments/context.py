@@ -2,7 +2,7 @@
 
 A claim module reads top to bottom: settings -> ``ctx.runner.train(configs)`` -> per-run analyses via
 ``ctx.runner.analyze`` -> statistics -> figures via ``ctx.figure`` -> a :class:`ClaimResult` whose
-verdict comes from the pre-declared rule in its ``rule`` text (see :mod:`.stats`).
+verdict comes from the pre-declared rule in its ``rule`` text (see :mod:`.verdicts`).
 """
 
 from __future__ import annotations

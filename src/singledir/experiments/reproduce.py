@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from singledir.errors import SingledirError
-from singledir.experiments import CLAIMS, stats
+from singledir.experiments import CLAIMS, verdicts
 from singledir.experiments.context import ClaimResult, Context, clean
 from singledir.experiments.presets import NOTES, PRESETS, get_preset, training_dicts
 from singledir.experiments.runner import Runner, run_name, timer
@@ -74,7 +74,7 @@ def _check_data(settings: dict, data_dir) -> list[str]:
 def _error_result(name: str, settings: dict, err: BaseException, ctx: Context) -> ClaimResult:
     module = importlib.import_module(CLAIMS[name])
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    return ClaimResult(name, module.TITLE, module.STATEMENT, module.RULE, stats.INCONCLUSIVE,
+    return ClaimResult(name, module.TITLE, module.STATEMENT, module.RULE, verdicts.INCONCLUSIVE,
                        f"the experiment failed: {type(err).__name__}: {err}", "failed", [], settings, ctx.figures,
                        notes=[tb], runs=ctx.runs, error=f"{type(err).__name__}: {err}")
 

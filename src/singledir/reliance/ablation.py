@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from singledir import stats
 from singledir.errors import SingledirError
 from singledir.reliance.common import (
     BASES,
@@ -22,8 +23,6 @@ from singledir.reliance.common import (
     check_method,
     layer_plans,
     prepare,
-    summarize,
-    trapezoid,
     unit_means,
 )
 from singledir.reliance.engine import make_evaluator
@@ -60,25 +59,17 @@ class AblationResult:
     directions: dict = field(default_factory=dict)
 
     def auc_per_curve(self) -> pd.DataFrame:
-        """One row per (order, repeat): ``auc`` (trapezoid of accuracy over fraction), ``normalized_auc``
-        (divided by the unablated accuracy), ``base_accuracy``."""
+        """One row per (order, repeat): :func:`singledir.stats.ablation_auc` -- ``auc`` (trapezoid of
+        accuracy over fraction), ``normalized_auc`` (divided by the unablated accuracy), ``base_accuracy``."""
         rows = []
         base = self.meta["base_accuracy"]
         for (order, rep), g in self.curves.groupby(["order", "repeat"], sort=False):
             g = g.sort_values("k")
-            auc = trapezoid(g["accuracy"].to_numpy(), g["fraction"].to_numpy())
-            rows.append(
-                {
-                    "order": order,
-                    "repeat": int(rep),
-                    "auc": auc,
-                    "normalized_auc": auc / base if base > 0 else float("nan"),
-                    "base_accuracy": base,
-                }
-            )
+            a = stats.ablation_auc(g["fraction"].to_numpy(), g["accuracy"].to_numpy(), base)
+            rows.append({"order": order, "repeat": int(rep), **a})
         return pd.DataFrame(rows, columns=["order", "repeat", "auc", "normalized_auc", "base_accuracy"])
 
-    def auc(self, confidence: float = 0.95, n_resamples: int = 2000) -> pd.DataFrame:
+    def auc(self, confidence: float = 0.95, n_boot: int = 2000) -> pd.DataFrame:
         """One row per order: mean, std and seeded bootstrap interval of the raw and normalized AUC.
 
         Columns: ``order, n_curves, auc_mean, auc_std, auc_ci_low, auc_ci_high, normalized_auc_mean,
@@ -90,7 +81,7 @@ class AblationResult:
         for order, g in per.groupby("order", sort=False):
             row = {"order": order, "n_curves": len(g)}
             for col in ("auc", "normalized_auc"):
-                s = summarize(g[col].to_numpy(), self.meta["seed"], confidence, n_resamples)
+                s = stats.mean_std_ci(g[col].to_numpy(), n_boot=n_boot, confidence=confidence, seed=self.meta["seed"])
                 row.update({f"{col}_{k}": v for k, v in s.items()})
             row["base_accuracy"] = self.meta["base_accuracy"]
             rows.append(row)

@@ -4,7 +4,8 @@
 selectivity index, mutual information) with :func:`~singledir.reliance.importance.unit_importance`
 (accuracy drop when the unit alone is ablated) -- or takes those tables precomputed via ``units=`` --
 and returns, for every layer and for all layers pooled (``layer == "all"``) and for each tuning
-measure, Spearman's rho with its p-value (``scipy.stats.spearmanr``, two-sided) and a percentile
+measure, Spearman's rho with its p-value (two-sided, :data:`singledir.stats.P_VALUE_RULE`: scipy's
+``spearmanr`` above 10 units, a permutation p-value for fewer) and a percentile
 bootstrap confidence interval for rho (units resampled with replacement; seeded, so the same inputs
 give the same interval; the same resamples are used for every measure of a layer).
 
@@ -16,11 +17,10 @@ than 3 units, or a constant column) rho, p and the interval are NaN and ``note``
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
+from singledir import stats
 from singledir.errors import SingledirError
 
 __all__ = ["selectivity_vs_importance", "spearman_with_ci"]
@@ -40,7 +40,7 @@ def selectivity_vs_importance(
     importance: str = "accuracy_drop",
     measures=MEASURES,
     n_boot: int = 1000,
-    ci: float = 0.95,
+    confidence: float = 0.95,
     seed: int = 0,
     drop_dead: bool = True,
     bins: int | None = None,
@@ -58,7 +58,7 @@ def selectivity_vs_importance(
 
     ``importance``: the importance column (``"accuracy_drop"``, or ``"loss_increase"``). ``measures``:
     tuning columns to correlate (default selectivity and mutual information). ``n_boot`` bootstrap
-    resamples (0 = no interval), central ``ci`` interval, ``seed`` for the resampling.
+    resamples (0 = no interval), central ``confidence`` interval, ``seed`` for the resampling.
 
     Returns one row per (layer, measure) -- the layers in their order, then ``"all"`` (every unit of
     every layer pooled) -- with columns ``layer, measure, importance, n_units, rho, p_value, ci_low,
@@ -76,8 +76,8 @@ def selectivity_vs_importance(
         raise SingledirError("measures is empty; pass e.g. ('selectivity', 'mutual_info')")
     if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 0:
         raise SingledirError(f"n_boot must be an int >= 0, got {n_boot!r}")
-    if not (isinstance(ci, float) and 0.0 < ci < 1.0):
-        raise SingledirError(f"ci must be a float in (0, 1), e.g. 0.95, got {ci!r}")
+    if not (isinstance(confidence, float) and 0.0 < confidence < 1.0):
+        raise SingledirError(f"confidence must be a float in (0, 1), e.g. 0.95, got {confidence!r}")
 
     table = _units_table(model, data, layers, units, importance, measures, bins, clamp, batch_size, progress)
     layer_names = list(pd.unique(table["layer"]))
@@ -96,7 +96,8 @@ def selectivity_vs_importance(
             x, y = xy[keep, 0], xy[keep, 1]
             if boot_idx is None or boot_idx.shape[1] != len(x):
                 boot_idx = rng.integers(0, len(x), size=(n_boot, len(x))) if len(x) and n_boot else None
-            rho, p, lo, hi, note = spearman_with_ci(x, y, boot_idx=boot_idx, ci=ci, names=(measure, importance))
+            rho, p, lo, hi, note = spearman_with_ci(x, y, boot_idx=boot_idx, confidence=confidence,
+                                                    names=(measure, importance))
             rows.append(
                 {
                     "layer": name, "measure": measure, "importance": importance, "n_units": int(len(x)),
@@ -105,55 +106,19 @@ def selectivity_vs_importance(
                 }
             )
     out = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    out.attrs.update({"n_boot": n_boot, "ci": ci, "seed": seed, "drop_dead": bool(drop_dead)})
+    out.attrs.update({"n_boot": n_boot, "confidence": confidence, "seed": seed, "drop_dead": bool(drop_dead)})
     return out
 
 
-def spearman_with_ci(x, y, *, boot_idx=None, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+def spearman_with_ci(x, y, *, boot_idx=None, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
                      names=("x", "y")):
-    """``(rho, p_value, ci_low, ci_high, note)`` for two 1-D arrays; NaNs (and a note) where undefined.
+    """``(rho, p_value, ci_low, ci_high, note)`` of :func:`singledir.stats.spearman` for two 1-D arrays.
 
-    ``boot_idx``: ``(B, n)`` resample indices (drawn from ``seed`` with ``n_boot`` rows when None).
-    The interval is the central ``ci`` percentile interval of rho over resamples; resamples where rho
-    is undefined (constant) are skipped, and if more than half are, the interval is NaN.
+    ``boot_idx``: ``(B, n)`` resample indices (drawn from ``seed`` with ``n_boot`` rows when None); the
+    p-value follows :data:`singledir.stats.P_VALUE_RULE`; NaNs and a ``note`` where rho is undefined.
     """
-    from scipy import stats
-
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    n = len(x)
-    nan = math.nan
-    if n < 3:
-        return nan, nan, nan, nan, f"fewer than 3 units ({n})"
-    constant = [nm for nm, v in zip(names, (x, y)) if np.all(v == v[0])]
-    if constant:
-        return nan, nan, nan, nan, f"constant {' and '.join(constant)}"
-    res = stats.spearmanr(x, y)
-    rho, p = float(res.statistic), float(res.pvalue)
-    if boot_idx is None and n_boot:
-        boot_idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    lo = hi = nan
-    if boot_idx is not None and len(boot_idx):
-        rhos = _rowwise_spearman(x[boot_idx], y[boot_idx])
-        ok = np.isfinite(rhos)
-        if ok.sum() * 2 >= len(rhos):
-            alpha = (1.0 - ci) / 2.0
-            lo, hi = (float(v) for v in np.quantile(rhos[ok], [alpha, 1.0 - alpha]))
-    return rho, p, lo, hi, ""
-
-
-def _rowwise_spearman(xb: np.ndarray, yb: np.ndarray) -> np.ndarray:
-    """Spearman rho of each row pair of ``(B, n)`` arrays (average ranks for ties); NaN if constant."""
-    from scipy.stats import rankdata
-
-    rx = rankdata(xb, axis=1)
-    ry = rankdata(yb, axis=1)
-    rx -= rx.mean(axis=1, keepdims=True)
-    ry -= ry.mean(axis=1, keepdims=True)
-    num = (rx * ry).sum(axis=1)
-    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    c = stats.spearman(x, y, n_boot=n_boot, confidence=confidence, seed=seed, resamples=boot_idx, names=names)
+    return c["rho"], c["p"], c["ci_low"], c["ci_high"], c["note"]
 
 
 def _units_table(model, data, layers, units, importance, measures, bins, clamp, batch_size, progress):

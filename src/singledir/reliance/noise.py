@@ -18,14 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from singledir import stats
 from singledir.errors import SingledirError
 from singledir.reliance.common import (
     check_budget,
     check_method,
     layer_plans,
     prepare,
-    summarize,
-    trapezoid,
 )
 from singledir.reliance.engine import make_evaluator
 from singledir.reliance.hooks import model_guard, unit_stats
@@ -46,25 +45,23 @@ class NoiseResult:
     meta: dict
 
     def auc_per_curve(self) -> pd.DataFrame:
-        """One row per repeat: ``auc`` (trapezoid of accuracy over log10(scale)) and ``normalized_auc``
-        (divided by the noise-free accuracy times the log10 range: 1 = no loss at any scale)."""
+        """One row per repeat: ``auc`` (:func:`singledir.stats.noise_auc`, trapezoid of accuracy over
+        log10(scale)) and ``normalized_auc`` (:func:`singledir.stats.noise_auc_base_normalized`: divided by
+        the log10 range and the noise-free accuracy, 1 = no loss at any scale)."""
         base = self.meta["base_accuracy"]
         rows = []
         for rep, g in self.curves.groupby("repeat", sort=True):
-            g = g.sort_values("scale")
-            x = np.log10(g["scale"].to_numpy())
-            auc = trapezoid(g["accuracy"].to_numpy(), x)
-            span = float(x[-1] - x[0])
-            norm = auc / (base * span) if base > 0 and span > 0 else float("nan")
-            rows.append({"repeat": int(rep), "auc": auc, "normalized_auc": norm, "base_accuracy": base})
+            s, a = g["scale"].to_numpy(), g["accuracy"].to_numpy()
+            rows.append({"repeat": int(rep), "auc": stats.noise_auc(s, a),
+                         "normalized_auc": stats.noise_auc_base_normalized(s, a, base), "base_accuracy": base})
         return pd.DataFrame(rows, columns=["repeat", "auc", "normalized_auc", "base_accuracy"])
 
-    def auc(self, confidence: float = 0.95, n_resamples: int = 2000) -> pd.DataFrame:
+    def auc(self, confidence: float = 0.95, n_boot: int = 2000) -> pd.DataFrame:
         """One row: mean, std (ddof=1) and seeded bootstrap interval of the raw and normalized AUC."""
         per = self.auc_per_curve()
         row = {"n_curves": len(per)}
         for col in ("auc", "normalized_auc"):
-            s = summarize(per[col].to_numpy(), self.meta["seed"], confidence, n_resamples)
+            s = stats.mean_std_ci(per[col].to_numpy(), n_boot=n_boot, confidence=confidence, seed=self.meta["seed"])
             row.update({f"{col}_{k}": v for k, v in s.items()})
         row["base_accuracy"] = self.meta["base_accuracy"]
         return pd.DataFrame([row])

@@ -173,15 +173,11 @@ def _vlines(ax, vlines) -> None:
 
 
 def _spearman(xv: np.ndarray, yv: np.ndarray) -> tuple[float, float]:
-    """Spearman rho and p-value; (nan, nan) for fewer than 3 points or a constant column."""
-    from scipy import stats
+    """Spearman rho and p-value (:func:`singledir.stats.spearman`); NaN where undefined."""
+    from singledir import stats
 
-    ok = np.isfinite(xv) & np.isfinite(yv)
-    xv, yv = xv[ok], yv[ok]
-    if len(xv) < 3 or np.all(xv == xv[0]) or np.all(yv == yv[0]):
-        return math.nan, math.nan
-    res = stats.spearmanr(xv, yv)
-    return float(res.statistic), float(res.pvalue)
+    c = stats.spearman(xv, yv, n_boot=0)
+    return c["rho"], c["p"]
 
 
 def _rho_text(rho: float, p: float) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from singledir.experiments import analysis, stats
+from singledir import stats
+from singledir.experiments import analysis, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves, plot_histogram
+from singledir.reporting.formatting import fmt_p
 
 NAME = "batchnorm"
 TITLE = "Batch norm reduces reliance on single directions and class selectivity"
@@ -39,7 +41,7 @@ RULE = (
 def run(ctx: Context) -> ClaimResult:
     s = ctx.settings
     if s.get("skip"):
-        return ClaimResult(NAME, TITLE, STATEMENT, RULE, stats.INCONCLUSIVE, f"not run: {s['skip']}", "not run",
+        return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdicts.INCONCLUSIVE, f"not run: {s['skip']}", "not run",
                            [], s, [], notes=[s["skip"]])
 
     # ---- the same ConvNets with and without batch norm
@@ -67,20 +69,20 @@ def run(ctx: Context) -> ClaimResult:
 
     def describe(r, what):
         return (f"{what}: median {r['median_a']:.3f} (BN, n={r['n_a']}) vs {r['median_b']:.3f} (no BN, n={r['n_b']}), "
-                f"Mann-Whitney p = {stats.fmt_p(r['p'])}")
+                f"Mann-Whitney p = {fmt_p(r['p'])}")
 
     fit = bool(runs["target_reached"].all())
     parts = [
-        Part("ablation robustness", *stats.sign_verdict(a["effect"], a["p"], +1, target_reached=fit),
+        Part("ablation robustness", *verdicts.sign_verdict(a["effect"], a["p"], +1, target_reached=fit),
              describe(a, "nAUC"), a),
-        Part("selectivity", *stats.sign_verdict(sl["effect"], sl["p"], -1, target_reached=fit),
+        Part("selectivity", *verdicts.sign_verdict(sl["effect"], sl["p"], -1, target_reached=fit),
              describe(sl, "selectivity"), sl),
-        Part("mutual information", *stats.sign_verdict(mi["effect"], mi["p"], +1, target_reached=fit),
+        Part("mutual information", *verdicts.sign_verdict(mi["effect"], mi["p"], +1, target_reached=fit),
              describe(mi, "MI (bits)"), mi),
     ]
     for col, sign, what in (("mean_selectivity", -1, "selectivity"), ("mean_mutual_info", +1, "mutual information")):
         r = stats.mann_whitney(with_bn[col], without[col])  # one value per network: no pseudo-replication
-        parts.append(Part(f"{what}, per-network means", *stats.sign_verdict(r["effect"], r["p"], sign, target_reached=fit),
+        parts.append(Part(f"{what}, per-network means", *verdicts.sign_verdict(r["effect"], r["p"], sign, target_reached=fit),
                           describe(r, col.replace("_", " ")), r, in_verdict=False))
 
     # ---- figures: Fig 5b (ablation curves) and Fig 6 (distributions)
@@ -99,7 +101,7 @@ def run(ctx: Context) -> ClaimResult:
                "mutual-info", "Mutual information between each feature map's activity and the class (bits). "
                "Paper Fig. 6.")
 
-    verdict, reason = stats.combine({p.name: p.verdict for p in parts if p.in_verdict})
+    verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     notes = [f"{int(units['dead'].sum())} dead feature maps (never active) left out of the distributions."]
     key = "; ".join(f"{p.name}: {p.verdict}" for p in parts)
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, s, ctx.figures,

@@ -12,9 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from singledir.experiments import analysis, stats
+from singledir import stats
+from singledir.experiments import analysis, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves
+from singledir.reporting.formatting import fmt_p
 
 NAME = "dropout"
 TITLE = "Dropout protects only up to the dropout fraction"
@@ -71,17 +73,17 @@ def run(ctx: Context) -> ClaimResult:
         kept_d = _at(net, d) / _at(net, 0.0)
         kept_0 = _at(base, d) / _at(base, 0.0)
         mw = stats.mann_whitney(kept_d, kept_0)
-        v, why = stats.sign_verdict(mw["effect"], mw["p"], +1, target_reached=reached)
+        v, why = verdicts.sign_verdict(mw["effect"], mw["p"], +1, target_reached=reached)
         parts.append(Part(f"d={d:g}: protects up to d", v, why,
                           f"accuracy kept at f={d:g}: {kept_d.mean():.3f} (dropout {d:g}) vs {kept_0.mean():.3f} "
-                          f"(no dropout), Mann-Whitney p = {stats.fmt_p(mw['p'])}", mw))
+                          f"(no dropout), Mann-Whitney p = {fmt_p(mw['p'])}", mw))
         within = _at(net, 0.0) - _at(net, d)
         beyond = _at(net, d) - _at(net, min(2 * d, 1.0))
         w = stats.wilcoxon_paired(beyond, within)
-        v, why = stats.sign_verdict(w["mean_diff"], w["p"], +1, target_reached=reached)
+        v, why = verdicts.sign_verdict(w["mean_diff"], w["p"], +1, target_reached=reached)
         parts.append(Part(f"d={d:g}: not beyond d", v, why,
                           f"accuracy lost in [{d:g}, {min(2 * d, 1):g}]: {beyond.mean():.3f} vs in [0, {d:g}]: "
-                          f"{within.mean():.3f}, Wilcoxon p = {stats.fmt_p(w['p'])}", w))
+                          f"{within.mean():.3f}, Wilcoxon p = {fmt_p(w['p'])}", w))
         rows.append({"dropout": d, "kept_at_d": kept_d.mean(), "kept_at_d_no_dropout": kept_0.mean(),
                      "lost_within_0_d": within.mean(), "lost_beyond_d_2d": beyond.mean()})
 
@@ -95,9 +97,9 @@ def run(ctx: Context) -> ClaimResult:
                    f"{'random' if p else 'clean'}", f"Cumulative ablation (training data, the run's labels) of "
                    f"MLPs trained with dropout on {label}; dashed lines mark the dropout fractions. Paper Fig. 5a.")
 
-    verdict, reason = stats.combine({p.name: p.verdict for p in parts if p.in_verdict})
+    verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     if not reached:
         reason += "; some memorizing networks did not reach the training target"
-    key = f"{sum(p.verdict == stats.REPRODUCED for p in parts)}/{len(parts)} parts reproduced"
+    key = f"{sum(p.verdict == verdicts.REPRODUCED for p in parts)}/{len(parts)} parts reproduced"
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, s, ctx.figures,
                        {"memorizing networks": pd.DataFrame(rows), "networks": runs}, {}, [], runs=ctx.runs)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from singledir.experiments import analysis, stats
+from singledir import stats
+from singledir.experiments import analysis, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves, plot_scatter
+from singledir.reporting.formatting import fmt_corr, fmt_p
 
 NAME = "ensemble"
 TITLE = "Better-generalizing networks are more robust to ablation"
@@ -47,19 +49,18 @@ def run(ctx: Context) -> ClaimResult:
     c_acc = stats.spearman(runs["nauc"], runs["test_acc"])
     c_gap = stats.spearman(runs["nauc"], runs["gap"])
     parts = [
-        Part("AUC vs test accuracy", *stats.sign_verdict(c_acc["rho"], c_acc["p"], +1, n=c_acc["n"], min_n=5),
-             stats.fmt_corr(c_acc, "(nAUC, test acc)"), c_acc),
-        Part("AUC vs generalization gap", *stats.sign_verdict(c_gap["rho"], c_gap["p"], -1, n=c_gap["n"], min_n=5),
-             stats.fmt_corr(c_gap, "(nAUC, gap)"), c_gap),
+        Part("AUC vs test accuracy", *verdicts.sign_verdict(c_acc["rho"], c_acc["p"], +1, n=c_acc["n"], min_n=5),
+             fmt_corr(c_acc, "(nAUC, test acc)"), c_acc),
+        Part("AUC vs generalization gap", *verdicts.sign_verdict(c_gap["rho"], c_gap["p"], -1, n=c_gap["n"], min_n=5),
+             fmt_corr(c_gap, "(nAUC, gap)"), c_gap),
     ]
     ranked = runs.sort_values("test_acc", ascending=False).reset_index(drop=True)
     best, worst = ranked.head(k), ranked.tail(k)
     mw = stats.mann_whitney(best["nauc"], worst["nauc"])
-    parts.append(Part(f"{k} best vs {k} worst", stats.INCONCLUSIVE if mw["p"] is None or mw["p"] >= stats.ALPHA
-                      else (stats.REPRODUCED if mw["effect"] > 0 else stats.NOT_REPRODUCED),
+    parts.append(Part(f"{k} best vs {k} worst", verdicts.significant_sign(mw["effect"], mw["p"]),
                       "descriptive (not in the verdict)",
                       f"median nAUC {mw['median_a']:.3f} (best) vs {mw['median_b']:.3f} (worst), "
-                      f"Mann-Whitney p = {stats.fmt_p(mw['p'])}", mw, in_verdict=False))
+                      f"Mann-Whitney p = {fmt_p(mw['p'])}", mw, in_verdict=False))
 
     # ---- figures: the paper's best-vs-worst curves, and AUC against test accuracy
     group = {r: f"{k} best" for r in best["run"]} | {r: f"{k} worst" for r in worst["run"]}
@@ -72,6 +73,6 @@ def run(ctx: Context) -> ClaimResult:
                             ylabel="test accuracy", title="AUC vs generalization"),
                "auc-vs-test", "Each point is one network (seeds differ); Spearman rho in the title.")
 
-    verdict, reason = stats.combine({p.name: p.verdict for p in parts if p.in_verdict})
+    verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, parts[0].statistic, parts, s,
                        ctx.figures, {"networks": runs}, {}, [], runs=ctx.runs)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from singledir.experiments import analysis, stats
+from singledir import stats
+from singledir.experiments import analysis, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_scatter
+from singledir.reporting.formatting import fmt_corr
 
 NAME = "hyperparameters"
 TITLE = "Ablation robustness ranks hyperparameters by generalization"
@@ -46,19 +48,19 @@ def run(ctx: Context) -> ClaimResult:
     c = stats.spearman(runs["nauc"], runs["test_acc"])
     c_raw = stats.spearman(runs["auc"], runs["test_acc"])
     parts = [
-        Part("nAUC vs test accuracy", *stats.sign_verdict(c["rho"], c["p"], +1, n=c["n"], min_n=5),
-             stats.fmt_corr(c, "(nAUC, test acc)"), c),
-        Part("raw AUC vs test accuracy", *stats.sign_verdict(c_raw["rho"], c_raw["p"], +1, n=c_raw["n"], min_n=5),
-             stats.fmt_corr(c_raw, "(AUC, test acc)"), c_raw, in_verdict=False),
+        Part("nAUC vs test accuracy", *verdicts.sign_verdict(c["rho"], c["p"], +1, n=c["n"], min_n=5),
+             fmt_corr(c, "(nAUC, test acc)"), c),
+        Part("raw AUC vs test accuracy", *verdicts.sign_verdict(c_raw["rho"], c_raw["p"], +1, n=c_raw["n"], min_n=5),
+             fmt_corr(c_raw, "(AUC, test acc)"), c_raw, in_verdict=False),
     ]
     runs["setting"] = [f"lr={lr:g}, bs={bs}" for lr, bs in zip(runs["lr"], runs["batch_size"])]
     ctx.figure(plot_scatter(runs, "nauc", "test_acc", group="setting", annotate_rho=False,
                             xlabel="normalized ablation AUC (training data)", ylabel="test accuracy",
-                            title=f"lr x batch-size grid: {stats.fmt_corr(c)}"),
+                            title=f"lr x batch-size grid: {fmt_corr(c)}"),
                "auc-vs-test", "Each point is one network of the learning-rate x batch-size grid (colour: "
                "setting; several seeds each). Paper Fig. 4 (hyperparameter panel).")
     table = runs.groupby(["lr", "batch_size"], as_index=False)[["test_acc", "train_acc", "nauc", "auc"]].mean()
 
-    verdict, reason = stats.combine({p.name: p.verdict for p in parts if p.in_verdict})
+    verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, parts[0].statistic, parts, s,
                        ctx.figures, {"grid (mean over seeds)": table, "networks": runs}, {}, [], runs=ctx.runs)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from singledir.experiments import analysis, stats
+from singledir import stats
+from singledir.experiments import analysis, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves, plot_scatter
+from singledir.reporting.formatting import fmt_corr
 
 NAME = "label-corruption"
 TITLE = "Memorizing networks rely more on single directions"
@@ -25,7 +27,8 @@ RULE = (
     "fraction of units ablated, mean over random orders). Part 'MLP ablation' (and 'ConvNet ablation' "
     "where ConvNets are trained): Spearman rho of AUC vs p across networks; reproduced if rho < 0 and "
     "p-value < 0.05, not reproduced if rho > 0 and p-value < 0.05, else inconclusive. Part 'MLP noise': "
-    "the same with the noise AUC (mean training accuracy over the log-spaced noise scales). Every "
+    "the same with the noise AUC (mean training accuracy over the log-spaced noise scales, not divided "
+    "by the noise-free accuracy). Every "
     "network must reach its training-accuracy target, otherwise inconclusive. The claim is reproduced "
     "when every part is, not reproduced when any part is."
 )
@@ -75,11 +78,11 @@ def _reference_table(runs: pd.DataFrame, curves: pd.DataFrame, noise: pd.DataFra
     return pd.DataFrame(rows)
 
 
-def _ablation_part(name: str, runs: pd.DataFrame, auc_col: str) -> Part:
+def _ablation_part(name: str, runs: pd.DataFrame, auc_col: str, label: str | None = None) -> Part:
     corr = stats.spearman(runs["corrupt"], runs[auc_col])
-    verdict, reason = stats.sign_verdict(corr["rho"], corr["p"], -1, n=corr["n"], min_n=4,
+    verdict, reason = verdicts.sign_verdict(corr["rho"], corr["p"], -1, n=corr["n"], min_n=4,
                                          target_reached=bool(runs["target_reached"].all()))
-    return Part(name, verdict, reason, stats.fmt_corr(corr, f"({auc_col.replace('_', ' ')}, corruption)"), corr)
+    return Part(name, verdict, reason, fmt_corr(corr, f"({label or auc_col.replace('_', ' ')}, corruption)"), corr)
 
 
 def run(ctx: Context) -> ClaimResult:
@@ -93,9 +96,9 @@ def run(ctx: Context) -> ClaimResult:
     nz = ctx.analyze(analysis.noise, mlp_dirs, dict(split="train", layers=s["ablation"]["layers"],
                                                            **s["noise"]), desc="noise MLPs")
     _add_auc(mlp_runs, abl)
-    mlp_runs["noise_auc"] = [n["auc"]["noise_auc"].mean() for n in nz]
+    mlp_runs["noise_auc_range_normalized"] = [n["auc"]["noise_auc_range_normalized"].mean() for n in nz]
     parts.append(_ablation_part("MLP ablation", mlp_runs, "auc"))
-    parts.append(_ablation_part("MLP noise", mlp_runs, "noise_auc"))
+    parts.append(_ablation_part("MLP noise", mlp_runs, "noise_auc_range_normalized", "noise auc"))
     tables["MLP networks"] = mlp_runs
 
     curves = pd.concat([a["curves"].assign(p=p) for a, p in zip(abl, mlp_runs["corrupt"])])
@@ -143,7 +146,7 @@ def run(ctx: Context) -> ClaimResult:
     missed = int((~mlp_runs["target_reached"]).sum())
     if missed:
         notes.append(f"{missed} MLP(s) stopped at the epoch cap before the training-accuracy target.")
-    verdict, reason = stats.combine({p.name: p.verdict for p in parts if p.in_verdict})
+    verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     numbers["per_run_auc"] = {r["run"]: r["auc"] for r in mlp_runs.to_dict("records")}
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, parts[0].statistic, parts, s,
                        ctx.figures, tables, numbers, notes, runs=ctx.runs)

@@ -7,11 +7,15 @@ are measured on the test set; Spearman correlations per layer. Selectivity by de
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
-from singledir.experiments import analysis, stats
+from singledir import stats
+from singledir.experiments import analysis, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_scatter
+from singledir.reporting.formatting import fmt_corr
 
 NAME = "selectivity"
 TITLE = "Class selectivity is a poor predictor of unit importance"
@@ -35,13 +39,13 @@ RULE = (
 
 
 def _bound_verdict(c: dict) -> tuple[str, str]:
-    if c["ci_high"] is None:
-        return stats.INCONCLUSIVE, "correlation undefined"
+    if not math.isfinite(c["ci_high"]):
+        return verdicts.INCONCLUSIVE, "correlation undefined"
     if c["ci_high"] < BOUND:
-        return stats.REPRODUCED, f"95% CI upper end {c['ci_high']:.2f} < {BOUND}"
+        return verdicts.REPRODUCED, f"95% CI upper end {c['ci_high']:.2f} < {BOUND}"
     if c["ci_low"] > BOUND:
-        return stats.NOT_REPRODUCED, f"95% CI lower end {c['ci_low']:.2f} > {BOUND}"
-    return stats.INCONCLUSIVE, f"95% CI [{c['ci_low']:.2f}, {c['ci_high']:.2f}] contains {BOUND}"
+        return verdicts.NOT_REPRODUCED, f"95% CI lower end {c['ci_low']:.2f} > {BOUND}"
+    return verdicts.INCONCLUSIVE, f"95% CI [{c['ci_low']:.2f}, {c['ci_high']:.2f}] contains {BOUND}"
 
 
 def run(ctx: Context) -> ClaimResult:
@@ -60,7 +64,7 @@ def run(ctx: Context) -> ClaimResult:
             for measure in ("selectivity", "mutual_info"):
                 c = stats.spearman(g[measure], g["accuracy_drop"])
                 v, why = _bound_verdict(c)
-                parts.append(Part(f"{kind} {layer} {measure}", v, why, stats.fmt_corr(c, f"({measure}, importance)"), c))
+                parts.append(Part(f"{kind} {layer} {measure}", v, why, fmt_corr(c, f"({measure}, importance)"), c))
                 rows.append({"network": kind, "layer": layer, "depth": int(g["depth"].iloc[0]), "measure": measure,
                              "n_units": c["n"], "rho": c["rho"], "p": c["p"], "ci_low": c["ci_low"],
                              "ci_high": c["ci_high"], "verdict": v})
@@ -75,8 +79,8 @@ def run(ctx: Context) -> ClaimResult:
     by_depth = by_depth[~by_depth["dead"].astype(bool)]
     depth = by_depth.groupby("depth", as_index=False)["selectivity"].mean()
     c = stats.spearman(depth["depth"], depth["selectivity"])
-    parts.append(Part(f"{kind} selectivity by depth", *stats.sign_verdict(c["rho"], c["p"], +1, n=c["n"], min_n=4),
-                      stats.fmt_corr(c, "(depth, mean selectivity)"), c, in_verdict=False))
+    parts.append(Part(f"{kind} selectivity by depth", *verdicts.sign_verdict(c["rho"], c["p"], +1, n=c["n"], min_n=4),
+                      fmt_corr(c, "(depth, mean selectivity)"), c, in_verdict=False))
 
     # ---- figures: Fig 7 scatter per network, layers coloured
     for kind in nets:
@@ -87,9 +91,9 @@ def run(ctx: Context) -> ClaimResult:
                        f"Each point is one live unit of the {kind}; x: its {measure.replace('_', ' ')} (test set), y: "
                        f"the test accuracy lost when it alone is ablated. Spearman rho per layer in the legend. Paper Fig. 7.")
 
-    verdict, reason = stats.combine({p.name: p.verdict for p in parts if p.in_verdict})
+    verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     n_in = [p for p in parts if p.in_verdict]
-    key = (f"{sum(p.verdict == stats.REPRODUCED for p in n_in)}/{len(n_in)} layer x measure parts with rho CI "
+    key = (f"{sum(p.verdict == verdicts.REPRODUCED for p in n_in)}/{len(n_in)} layer x measure parts with rho CI "
            f"below {BOUND}; median rho {table['rho'].median():.2f}")
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, s, ctx.figures,
                        {"per layer": table, "selectivity by depth": depth}, {}, [], runs=ctx.runs)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from singledir.experiments import analysis, stats
+from singledir import stats
+from singledir.experiments import analysis, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
+from singledir.reporting.formatting import fmt_corr
 
 NAME = "training-dynamics"
 TITLE = "Ablation AUC over training tracks test loss (early stopping without held-out data)"
@@ -61,11 +63,11 @@ def run(ctx: Context) -> ClaimResult:
         a = auc[auc["run"] == d.name].merge(hist[["train_loss", "test_loss", "test_acc"]],
                                             left_on="epoch", right_index=True)
         c = stats.spearman(a["auc"], a["test_loss"])
-        parts.append(Part(f"seed {seed}", *stats.sign_verdict(c["rho"], c["p"], -1, n=c["n"], min_n=5),
-                          stats.fmt_corr(c, "(AUC, test loss)"), c))
+        parts.append(Part(f"seed {seed}", *verdicts.sign_verdict(c["rho"], c["p"], -1, n=c["n"], min_n=5),
+                          fmt_corr(c, "(AUC, test loss)"), c))
         cn = stats.spearman(a["nauc"], a["test_loss"])  # shown, not in the verdict
-        parts.append(Part(f"seed {seed}, normalized AUC", *stats.sign_verdict(cn["rho"], cn["p"], -1, n=cn["n"], min_n=5),
-                          stats.fmt_corr(cn, "(nAUC, test loss)"), cn, in_verdict=False))
+        parts.append(Part(f"seed {seed}, normalized AUC", *verdicts.sign_verdict(cn["rho"], cn["p"], -1, n=cn["n"], min_n=5),
+                          fmt_corr(cn, "(nAUC, test loss)"), cn, in_verdict=False))
         at_peak = a.loc[a["auc"].idxmax()]
         at_best = a.loc[a["test_loss"].idxmin()]
         rows.append({"seed": seed, "run": d.name, "rho": c["rho"], "p": c["p"],
@@ -75,7 +77,7 @@ def run(ctx: Context) -> ClaimResult:
                      "final_epoch": int(hist.index.max()), "final_test_acc": hist["test_acc"].iloc[-1]})
     table = pd.DataFrame(rows)
     diff = table["test_acc_at_auc_peak"] - table["test_acc_at_min_test_loss"]
-    parts.append(Part("early stopping at the AUC peak", stats.INCONCLUSIVE, "descriptive (not in the verdict)",
+    parts.append(Part("early stopping at the AUC peak", verdicts.INCONCLUSIVE, "descriptive (not in the verdict)",
                       f"test acc at AUC peak - at lowest test loss: mean {diff.mean():+.4f} "
                       f"(per seed {', '.join(f'{v:+.4f}' for v in diff)}); vs training to the end: mean "
                       f"{(table['test_acc_at_auc_peak'] - table['final_test_acc']).mean():+.4f}",
@@ -87,7 +89,7 @@ def run(ctx: Context) -> ClaimResult:
                "Top: ablation AUC on the training data at log-spaced checkpoints (one line per seed; band = "
                "std over orders). Bottom: train and test loss per epoch. Dashed lines: AUC peak; dotted: "
                "lowest test loss (among checkpoints). Paper Fig. 4.")
-    verdict, reason = stats.combine({p.name: p.verdict for p in parts if p.in_verdict})
+    verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     key = "; ".join(p.statistic for p in parts if p.in_verdict)
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, dict(s, checkpoint_epochs=epochs),
                        ctx.figures, {"per network": table, "checkpoints": auc}, {}, [], runs=ctx.runs)

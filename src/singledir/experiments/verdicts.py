@@ -1,0 +1,73 @@
+"""The verdict rules: how a claim's statistics become ``reproduced`` / ``not reproduced`` / ``inconclusive``.
+
+Every verdict in the report comes from one of the rules below, declared here before any result is seen
+(the statistics themselves come from :mod:`singledir.stats`):
+
+- :func:`sign_verdict` -- a claim "X goes with Y in direction s": ``reproduced`` when the statistic has
+  the claimed sign and ``p < ALPHA``; ``not reproduced`` when it has the opposite sign and ``p < ALPHA``;
+  ``inconclusive`` otherwise (not significant, fewer than ``min_n`` observations, an undefined statistic,
+  or a training target that was not reached).
+- :func:`combine` -- a claim made of several parts: ``reproduced`` when every part is; ``not reproduced``
+  when any part is; ``inconclusive`` otherwise.
+- :data:`REPRODUCED`, :data:`NOT_REPRODUCED`, :data:`INCONCLUSIVE`, :data:`VERDICTS`, :data:`ALPHA`.
+
+Example::
+
+    from singledir import stats
+    from singledir.experiments.verdicts import sign_verdict
+    c = stats.spearman(corruption, auc)
+    verdict, reason = sign_verdict(c["rho"], c["p"], -1, n=c["n"], min_n=4)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from singledir.stats import ALPHA
+
+__all__ = ["ALPHA", "INCONCLUSIVE", "NOT_REPRODUCED", "REPRODUCED", "VERDICTS", "combine", "sign_verdict"]
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+
+
+def _defined(v) -> bool:
+    return v is not None and math.isfinite(float(v))
+
+
+def sign_verdict(stat, p, expected_sign: int, *, n: int | None = None, min_n: int = 3,
+                 target_reached: bool = True, alpha: float = ALPHA) -> tuple[str, str]:
+    """The pre-declared sign + significance rule (see the module docstring) -> ``(verdict, reason)``."""
+    want = "positive" if expected_sign > 0 else "negative"
+    if not target_reached:
+        return INCONCLUSIVE, "some networks did not reach their training target"
+    if n is not None and n < min_n:
+        return INCONCLUSIVE, f"too few observations (n={n} < {min_n})"
+    if not (_defined(stat) and _defined(p)):
+        return INCONCLUSIVE, "statistic undefined (constant values?)"
+    if p >= alpha:
+        return INCONCLUSIVE, f"not significant (p={p:.3g} >= {alpha})"
+    if np.sign(stat) == np.sign(expected_sign):
+        return REPRODUCED, f"{want} and significant (p={p:.3g} < {alpha})"
+    return NOT_REPRODUCED, f"significant in the opposite direction to the claimed {want} one (p={p:.3g})"
+
+
+def significant_sign(stat, p, *, alpha: float = ALPHA) -> str:
+    """A descriptive two-sided reading of ``stat``: reproduced (> 0 and p < alpha), not (< 0, p < alpha), else inconclusive."""
+    if not (_defined(stat) and _defined(p)) or p >= alpha:
+        return INCONCLUSIVE
+    return REPRODUCED if stat > 0 else NOT_REPRODUCED
+
+
+def combine(parts: dict[str, str]) -> tuple[str, str]:
+    """Combine part verdicts ``{name: verdict}``: all reproduced -> reproduced; any not -> not; else inconclusive."""
+    vals = list(parts.values())
+    if vals and all(v == REPRODUCED for v in vals):
+        return REPRODUCED, "every part reproduced"
+    bad = [k for k, v in parts.items() if v == NOT_REPRODUCED]
+    if bad:
+        return NOT_REPRODUCED, f"not reproduced: {', '.join(bad)}"
+    unsure = [k for k, v in parts.items() if v != REPRODUCED]
+    return INCONCLUSIVE, f"inconclusive: {', '.join(unsure)}"
