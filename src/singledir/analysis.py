@@ -22,8 +22,6 @@ Defaults follow the paper (see ``shared/paper-notes.md``):
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import math
 import os
 import shutil
 import sys
@@ -37,6 +35,7 @@ import pandas as pd
 import torch
 
 from singledir.errors import SingledirError
+from singledir.io import atomic_write_json, jsonable
 
 __all__ = ["Analysis", "analyze", "analyze_run", "default_layers", "parse_layers", "subset"]
 
@@ -103,29 +102,8 @@ def subset(x: torch.Tensor, y: torch.Tensor, max_examples: int | None, seed: int
     return x[idx], y[idx]
 
 
-def _jsonable(obj):
-    """JSON-safe copy: numpy / torch scalars to Python, NaN / inf to None, tuples to lists."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        obj = obj.item()
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, pd.DataFrame):
-        return _records(obj)
-    return str(obj)
-
-
 def _records(df: pd.DataFrame) -> list[dict]:
-    return [_jsonable(r) for r in df.to_dict(orient="records")]
+    return jsonable(df)
 
 
 def _info(msg: str, progress: bool) -> None:
@@ -222,7 +200,7 @@ class Analysis:
                     names.append(f"{name}.png")
             summary = dict(self.summary)
             summary["files"] = sorted(names) + ["summary.json"]
-            (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
+            atomic_write_json(tmp / "summary.json", summary)
             # an old summary.json must not describe a mix of old and new files
             old = out / "summary.json"
             if old.exists():

@@ -38,7 +38,7 @@ def resolve_device(name) -> torch.device:
     except (RuntimeError, TypeError):
         raise SingledirError(f"unknown device {name!r}: use 'cpu' or 'cuda' (optionally 'cuda:N')") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SingledirError(f"device {name!r} asked for but CUDA is not available here: use --device cpu") from None
+        raise SingledirError(f"device {name!r} asked for but CUDA is not available here: use 'cpu'") from None
     if dev.type not in ("cpu", "cuda"):
         raise SingledirError(f"unsupported device {name!r}: use 'cpu' or 'cuda'")
     return dev

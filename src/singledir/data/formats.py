@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from singledir.errors import DataFormatError, DataNotFoundError, SingledirError
+from singledir.io import atomic_write_bytes
 
 __all__ = [
     "IDX_IMAGES_MAGIC",
@@ -135,7 +136,7 @@ def read_idx(path: str | os.PathLike, expect_magic: int | None = None) -> np.nda
 def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> Path:
     """Write ``array`` as an IDX file (gzipped if ``compress`` or, by default, if the name ends in .gz).
 
-    Written atomically (``path.tmp`` then rename). Returns the path.
+    Written atomically (:func:`singledir.io.atomic_write_bytes`). Returns the path.
     """
     path = Path(path)
     arr = np.asarray(array)
@@ -150,10 +151,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     )
     if compress or (compress is None and path.suffix == ".gz"):
         blob = gzip.compress(blob, compresslevel=6, mtime=0)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, blob)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,14 +7,13 @@ verdict comes from the pre-declared rule in its ``rule`` text (see :mod:`.verdic
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from singledir.experiments.runner import Runner
+from singledir.io import jsonable
 
 
 @dataclass
@@ -63,7 +62,7 @@ class Part:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "verdict": self.verdict, "reason": self.reason, "statistic": self.statistic,
-                "numbers": clean(self.numbers), "in_verdict": self.in_verdict}
+                "numbers": jsonable(self.numbers), "in_verdict": self.in_verdict}
 
 
 @dataclass
@@ -93,31 +92,11 @@ class ClaimResult:
             "name": self.name, "title": self.title, "statement": self.statement, "rule": self.rule,
             "verdict": self.verdict, "reason": self.reason, "key_statistic": self.key_statistic,
             "parts": [p.to_dict() for p in self.parts], "settings": self.settings, "figures": self.figures,
-            "tables": {k: frame_records(v) for k, v in self.tables.items()}, "numbers": clean(self.numbers),
+            "tables": {k: frame_records(v) for k, v in self.tables.items()}, "numbers": jsonable(self.numbers),
             "notes": self.notes, "runs": self.runs, "wall_seconds": self.wall_seconds,
             "cpu_seconds": self.cpu_seconds, "error": self.error,
         }
 
 
 def frame_records(df: pd.DataFrame) -> list[dict]:
-    return clean(df.to_dict(orient="records"))
-
-
-def clean(obj):
-    """JSON-safe copy: numpy scalars -> Python, NaN/inf -> None, tuples -> lists, Paths -> str."""
-    if isinstance(obj, dict):
-        return {str(k): clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.ndarray):
-        return clean(obj.tolist())
-    return obj
+    return jsonable(df.to_dict(orient="records"))

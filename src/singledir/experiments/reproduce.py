@@ -23,9 +23,10 @@ from pathlib import Path
 
 from singledir.errors import SingledirError
 from singledir.experiments import CLAIMS, verdicts
-from singledir.experiments.context import ClaimResult, Context, clean
+from singledir.experiments.context import ClaimResult, Context
 from singledir.experiments.presets import NOTES, PRESETS, get_preset, training_dicts
 from singledir.experiments.runner import Runner, run_name, timer
+from singledir.io import jsonable
 
 
 def check_claims(claims) -> list[str]:
@@ -166,7 +167,7 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
 def _finish(doc: dict, results: list[ClaimResult], errors: list[str], out: Path, wall: float, runner) -> None:
     names = [r for res in results for r in res.runs]
     runs, data = _runs_info(out / "runs", names)
-    doc.update(clean(dict(
+    doc.update(jsonable(dict(
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         wall_seconds=wall,
         cpu_seconds=sum(r.cpu_seconds for r in results),

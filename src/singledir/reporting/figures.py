@@ -16,6 +16,7 @@ place (never a half-written PNG), then closes the figure.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
@@ -29,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from singledir.errors import SingledirError
+from singledir.io import atomic_write_bytes
 
 __all__ = ["LABELS", "plot_curves", "plot_histogram", "plot_scatter", "save_figure"]
 
@@ -392,7 +394,7 @@ def save_figure(
 ) -> list[Path]:
     """Write ``fig`` as ``<path>.<fmt>`` for each format, atomically, then close the figure.
 
-    Each file is written to a hidden temporary file in the same folder and renamed into place, so a
+    Each file is rendered in memory and written with :func:`singledir.io.atomic_write_bytes`, so a
     reader never sees a half-written image. Parent folders are created. A trailing ``.png``/``.svg``/
     ``.pdf`` on the path is dropped. Returns the written paths. SVGs are deterministic (no date,
     fixed id salt).
@@ -410,16 +412,11 @@ def save_figure(
     try:
         for fmt in formats:
             final = base.with_name(f"{base.name}.{fmt}")
-            tmp = base.with_name(f".{base.name}.{fmt}.tmp-{os.getpid()}")
             metadata = {"Date": None} if fmt in ("svg", "pdf") else None
-            try:
-                with mpl.rc_context({"svg.hashsalt": "singledir"}):
-                    fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
-                os.replace(tmp, final)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
-            written.append(final)
+            buf = io.BytesIO()
+            with mpl.rc_context({"svg.hashsalt": "singledir"}):
+                fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)
+            written.append(atomic_write_bytes(final, buf.getvalue()))
     finally:
         _close(fig)
     return written

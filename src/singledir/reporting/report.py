@@ -15,8 +15,9 @@ import base64
 import html
 import json
 import math
-import os
 from pathlib import Path
+
+from singledir.io import atomic_write_json, atomic_write_text
 
 VERDICT_COLORS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#9a6700"}
 
@@ -35,12 +36,6 @@ blockquote{border-left:4px solid #d0d7de;margin:.5em 0;padding:.2em 1em;color:#5
 
 
 # ---------------------------------------------------------------------------- small helpers
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _fmt(v) -> str:
     if v is None:
         return ""
@@ -230,7 +225,7 @@ def write_report(out_dir, doc: dict) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "report.md", "html": out / "index.html"}
-    _atomic_write(paths["json"], json.dumps(doc, indent=1, allow_nan=False) + "\n")
-    _atomic_write(paths["md"], render_markdown(doc))
-    _atomic_write(paths["html"], render_html(out, doc))
+    atomic_write_json(paths["json"], doc, indent=1)
+    atomic_write_text(paths["md"], render_markdown(doc))
+    atomic_write_text(paths["html"], render_html(out, doc))
     return paths

@@ -11,8 +11,9 @@ guarantees in :mod:`singledir.training.loop`.
 
 from __future__ import annotations
 
-from singledir.training.config import DEFAULT_EPOCHS, TrainConfig, log_epochs
+from singledir.training.config import DEFAULT_EPOCHS, RUNTIME_SETTINGS, TrainConfig, log_epochs
 from singledir.training.loop import evaluate, train
 from singledir.training.rundir import Run, load_model, load_run
 
-__all__ = ["train", "load_run", "load_model", "Run", "TrainConfig", "evaluate", "log_epochs", "DEFAULT_EPOCHS"]
+__all__ = ["train", "load_run", "load_model", "Run", "TrainConfig", "evaluate", "log_epochs", "DEFAULT_EPOCHS",
+           "RUNTIME_SETTINGS"]

@@ -28,6 +28,11 @@ DEFAULT_EPOCHS = 20
 OPTIMIZERS = ("adam", "sgd")
 CORRUPT_METHODS = ("shuffle", "uniform")
 DEVICES = ("cpu", "cuda")
+#: Settings that do not change the weights a run computes (where the data live, which device, the
+#: evaluation batch size): a resumed run may use new values for them (the data are checked by
+#: fingerprint), and they are not part of a run's identity (e.g. a run cache key). Everything else
+#: must match the run's config.json.
+RUNTIME_SETTINGS = ("data_dir", "device", "eval_batch_size")
 
 
 @dataclass

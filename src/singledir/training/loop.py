@@ -29,9 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from singledir.devices import model_device, resolve_device
 from singledir.errors import RunDirError, SingledirError
+from singledir.io import atomic_save_safetensors, atomic_torch_save, atomic_write_json, atomic_write_text
 from singledir.training import rundir as rd
-from singledir.training.config import TrainConfig
+from singledir.training.config import RUNTIME_SETTINGS, TrainConfig
 
 # tags for derived seeds
 _SHUFFLE, _GLOBAL = 1, 2
@@ -48,17 +50,12 @@ def _default_eval_batch(model_name: str) -> int:
     return 2048 if model_name == "mlp" else 500
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _eval_stats(model: nn.Module, x: torch.Tensor, ys: list[torch.Tensor], batch_size: int):
     """[(mean cross-entropy, accuracy)] of ``model`` on ``x`` for each label vector in ``ys`` (eval mode)."""
     n = len(x)
     if n == 0:
         return [(float("nan"), float("nan")) for _ in ys]
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     loss = [torch.zeros((), dtype=torch.float64, device=device) for _ in ys]
@@ -135,12 +132,6 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise SingledirError("device cuda requested but no CUDA GPU is available; use --device cpu")
-    return torch.device(cfg.device)
-
-
 # ---------------------------------------------------------------------------- run dir states
 def _check_fresh_target(out: Path, overwrite: bool) -> None:
     if not out.exists():
@@ -163,11 +154,6 @@ def _check_fresh_target(out: Path, overwrite: bool) -> None:
 def _clear(out: Path) -> None:
     if out.exists() and (out / rd.CONFIG).is_file():
         shutil.rmtree(out)
-
-
-# Settings that do not change the weights a run computes: a resumed run may use new values for them
-# (the data are checked by fingerprint). Everything else must match the run's config.json.
-RUNTIME_SETTINGS = ("data_dir", "device", "eval_batch_size")
 
 
 def _config_mismatch(stored: TrainConfig, given: TrainConfig) -> list[str]:
@@ -230,7 +216,7 @@ class _Trainer:
         self.out = out
         self.progress = progress
         self.callbacks = callbacks
-        self.device = _device(cfg)
+        self.device = resolve_device(cfg.device)
         self.eval_bs = cfg.eval_batch_size or _default_eval_batch(cfg.model)
 
     # ------------------------------------------------------------------ setup
@@ -275,7 +261,7 @@ class _Trainer:
             "eval_batch_size_used": self.eval_bs,
             "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        rd.atomic_write_json(out / rd.CONFIG, self.run_config)
+        atomic_write_json(out / rd.CONFIG, self.run_config)
         self._save_corruption()
         if cfg.checkpoints is not None:
             self._save_checkpoint(0)
@@ -342,7 +328,7 @@ class _Trainer:
                 "torch_threads": torch.get_num_threads(),
             }
         )
-        rd.atomic_write_json(out / rd.CONFIG, stored)
+        atomic_write_json(out / rd.CONFIG, stored)
         return self._loop()
 
     # ------------------------------------------------------------------ pieces
@@ -365,13 +351,13 @@ class _Trainer:
         }
 
     def _save_corruption(self) -> None:
-        rd.atomic_save_safetensors(
+        atomic_save_safetensors(
             self.out / rd.CORRUPTION,
             {"labels": self.ds.y_train, "clean_labels": self.clean_labels, "changed_mask": self.mask},
         )
 
     def _save_checkpoint(self, epoch: int) -> None:
-        rd.atomic_save_safetensors(
+        atomic_save_safetensors(
             rd.checkpoint_path(self.out, epoch), self.model.state_dict(), metadata={"epoch": epoch}
         )
 
@@ -384,7 +370,7 @@ class _Trainer:
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "elapsed": self.elapsed,
         }
-        rd.atomic_torch_save(self.out / rd.STATE, state)
+        atomic_torch_save(self.out / rd.STATE, state)
 
     def _stop_reason(self) -> str | None:
         cfg = self.cfg
@@ -472,7 +458,7 @@ class _Trainer:
     def _finish(self, reason: str) -> rd.Run:
         out = self.out
         self.model.eval()
-        rd.atomic_save_safetensors(out / rd.MODEL, self.model.state_dict(), metadata={"epoch": self.epoch})
+        atomic_save_safetensors(out / rd.MODEL, self.model.state_dict(), metadata={"epoch": self.epoch})
         last = self.history[-1]
         final = {
             "epoch": self.epoch,
@@ -485,8 +471,8 @@ class _Trainer:
             "train_seconds": self.elapsed,
             "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        rd.atomic_write_json(out / rd.FINAL, final)
-        rd.atomic_write_text(out / rd.COMPLETE, final["end_time"] + "\n")
+        atomic_write_json(out / rd.FINAL, final)
+        atomic_write_text(out / rd.COMPLETE, final["end_time"] + "\n")
         model = self.model.to("cpu").eval()
         ds = self.ds  # its tensors are the CPU originals (only copies were moved to the device)
         return rd.Run(

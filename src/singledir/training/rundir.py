@@ -1,4 +1,4 @@
-"""Run directories: atomic file writes, the Run object, and load_run.
+"""Run directories: their layout, the Run object, and load_run (files are written with :mod:`singledir.io`).
 
 Layout of a run directory (``COMPLETE`` is written last; a run is complete only when it exists)::
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import platform
 import socket
 import subprocess
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from singledir.errors import RunDirError, SingledirError
+from singledir.io import atomic_write_text
 
 CONFIG = "config.json"
 HISTORY = "history.csv"
@@ -52,50 +52,9 @@ HISTORY_COLUMNS = [
 ]
 
 
-# ---------------------------------------------------------------------------- atomic writes
-def _tmp(path: Path) -> Path:
-    return path.with_name(path.name + f".tmp{os.getpid()}")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, tuple):
-        return list(o)
-    if hasattr(o, "item"):  # numpy / torch scalars
-        return o.item()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def atomic_save_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = _tmp(path)
-    save_file(
-        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-        str(tmp),
-        metadata={k: str(v) for k, v in (metadata or {}).items()},
-    )
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(path: Path, obj) -> None:
-    tmp = _tmp(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
+# ---------------------------------------------------------------------------- history
 def atomic_write_history(path: Path, rows: list[dict]) -> None:
+    """Write the epoch rows as history.csv, atomically (:func:`singledir.io.atomic_write_text`)."""
     atomic_write_text(path, history_frame(rows).to_csv(index=False))
 
 
