@@ -131,3 +131,12 @@ def test_subprocess_exit_codes(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "singledir: error: lr must be a learning rate > 0, got -1"
     assert proc.stdout == ""
+
+
+def test_cli_spells_library_parameters_as_flags():
+    from singledir.cli import as_flags
+
+    msg = "r is a complete run; pass overwrite=True to replace it or choose another out_dir"
+    assert as_flags(msg) == "r is a complete run; pass --overwrite to replace it or choose another --out"
+    assert as_flags("continue it with resume=True") == "continue it with --resume"
+    assert as_flags("/data/out_dir/x is a file") == "/data/out_dir/x is a file"  # paths are left alone

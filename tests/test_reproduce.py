@@ -13,7 +13,7 @@ import pytest
 
 from singledir import stats
 from singledir.cli import main
-from singledir.experiments import CLAIMS, analysis, verdicts
+from singledir.experiments import CLAIMS, jobs, verdicts
 from singledir.experiments.runner import run_name
 
 VERDICTS = {"reproduced", "not reproduced", "inconclusive"}
@@ -93,7 +93,7 @@ def check_label_corruption_numbers_recompute_from_runs(smoke):
     assert corr["rho"] == pytest.approx(part["rho"]) and corr["p"] == pytest.approx(part["p"])
     # a per-run value, from the stored run (reloaded and ablated again, bypassing the cache)
     row = nets.iloc[-1]
-    again = analysis.ablation(smoke / "runs" / row["run"], split="train", **claim["settings"]["ablation"])
+    again = jobs.ablation(smoke / "runs" / row["run"], split="train", **claim["settings"]["ablation"])
     assert again["auc"]["auc"].mean() == pytest.approx(row["auc"], abs=1e-9)
     from singledir.training import load_run
 

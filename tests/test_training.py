@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from singledir.data import load_dataset
 from singledir.errors import RunDirError, SingledirError
-from singledir.training import Run, TrainConfig, evaluate, load_run, log_epochs, train
+from singledir.training import Run, TrainConfig, evaluate, load_run, log_epochs, read_summary, train
 
 # digits + a tiny MLP: ~0.02 s per epoch. Dropout and batch norm exercise the RNG and buffers.
 BASE = {
@@ -68,9 +68,10 @@ def test_resume_after_interrupt_equals_uninterrupted(base_run, tmp_path):
     assert len(pd.read_csv(out / "history.csv")) == 4  # epochs 0..3
     with pytest.raises(RunDirError, match="incomplete"):
         load_run(out)
-    # training into it again without resume/overwrite is refused with a hint
-    with pytest.raises(RunDirError, match="--resume"):
+    # training into it again without resume/overwrite is refused with a hint in the library's terms
+    with pytest.raises(RunDirError, match="resume=True") as err:
         train(BASE, out, progress=False)
+    assert "--" not in str(err.value)  # library messages name parameters, not CLI flags
     # resume with settings that differ from the run's is refused
     with pytest.raises(SingledirError, match="lr=0.1"):
         train({**BASE, "lr": 0.1}, out, resume=True, progress=False)
@@ -92,7 +93,7 @@ def test_complete_run_refused_unless_overwrite(base_run, tmp_path):
     out = tmp_path / "r"
     cfg = {**BASE, "epochs": 1, "checkpoints": None}
     train(cfg, out, progress=False)
-    with pytest.raises(RunDirError, match="is a complete run; pass --overwrite to replace it or choose another --out"):
+    with pytest.raises(RunDirError, match="is a complete run; pass overwrite=True to replace it or choose another out_dir"):
         train(cfg, out, progress=False)
     stale = out / "checkpoints" / "epoch_0099.safetensors"
     stale.write_bytes(b"")
@@ -226,3 +227,28 @@ def test_config_validation_one_line_errors(bad, message, tmp_path):
         train({**BASE, **bad}, tmp_path / "x", progress=False)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "x").exists()
+
+
+def test_read_summary_gives_config_and_final_metrics(base_run):
+    s = read_summary(base_run.run_dir)
+    final = json.loads((base_run.run_dir / "final.json").read_text())
+    assert s.name == base_run.run_dir.name and s.epoch == 5 == final["epoch"]
+    assert s.config["seed"] == 7 and s.metric("test_acc") == final["test_acc"]
+    assert s.target_reached  # no accuracy target
+    assert load_run(base_run.run_dir).summary == s
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"test_acc": 0.5}', "[1, 2]"])
+def test_unreadable_final_json_of_a_complete_run_is_a_clear_error(base_run, tmp_path, content):
+    import shutil
+
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(base_run.run_dir, run_dir)
+    (run_dir / "final.json").write_text(content)
+    for load in (load_run, read_summary):
+        with pytest.raises(RunDirError, match="final.json") as err:  # not a run at epoch=None
+            load(run_dir)
+        assert "\n" not in str(err.value) and "damaged" in str(err.value)
+    (run_dir / "final.json").unlink()
+    with pytest.raises(RunDirError, match="cannot read .*final.json"):
+        load_run(run_dir)

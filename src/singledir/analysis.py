@@ -6,7 +6,7 @@ writes ``ablation.parquet``, ``noise.parquet``, ``units.parquet``, ``correlation
 and ``summary.json`` into a folder, atomically (``summary.json`` is moved in last and only when every
 other file is in place, so a ``summary.json`` always describes a complete analysis).
 
-Defaults follow the paper (see ``shared/paper-notes.md``):
+Defaults follow the paper (Morcos et al., ICLR 2018):
 
 - layers: every unit layer of an MLP; the last three unit layers of a ConvNet or ResNet
   (:func:`default_layers`);
@@ -16,7 +16,7 @@ Defaults follow the paper (see ``shared/paper-notes.md``):
 - class selectivity, mutual information and single-unit importance (accuracy drop) on the **test**
   split (clean labels); Spearman correlations between them per layer and pooled;
 - ``max_examples``: a fixed random subset (``torch.Generator`` seeded with ``seed``, indices kept in
-  order) of each split, the same convention as :mod:`singledir.experiments.analysis`.
+  order) of each split, the same convention as :mod:`singledir.experiments.jobs`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def parse_layers(spec, model, model_name: str | None = None) -> list[str]:
         if s.startswith("last") and s[4:].isdigit():
             n = int(s[4:])
             if n < 1:
-                raise SingledirError(f"--layers {s}: N must be >= 1")
+                raise SingledirError(f"layers {s!r}: N of 'lastN' must be >= 1")
             return unit_layers(model)[-n:]
         spec = [p.strip() for p in s.split(",") if p.strip()]
     return validate_layers(model, list(spec))
@@ -104,6 +104,13 @@ def subset(x: torch.Tensor, y: torch.Tensor, max_examples: int | None, seed: int
 
 def _records(df: pd.DataFrame) -> list[dict]:
     return jsonable(df)
+
+
+def _check_out_dir(out_dir) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SingledirError(f"out_dir {out} is a file; pass a folder for the analysis outputs")
+    return out
 
 
 def _info(msg: str, progress: bool) -> None:
@@ -178,9 +185,7 @@ class Analysis:
         """
         from singledir.reporting.figures import save_figure
 
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise SingledirError(f"--out {out} is a file; pass a folder for the analysis outputs")
+        out = _check_out_dir(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-analyze-", dir=out))
         try:
@@ -372,6 +377,8 @@ def analyze_run(
     from singledir.training import load_run
 
     check_choice(split, SPLITS, "split")
+    if out_dir is not None:
+        _check_out_dir(out_dir)  # before the work, not after it
     if max_examples is not None:
         max_examples = _check_int(max_examples, "max_examples", 1)
     _check_int(seed, "seed", 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from singledir import __version__
@@ -35,13 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library messages name Python parameters; on the command line the same fix is spelled as a flag.
+_FLAGS = {"resume=True": "--resume", "overwrite=True": "--overwrite", "out_dir": "--out"}
+_FLAG_RE = re.compile(r"(?<![\w/.-])(" + "|".join(map(re.escape, _FLAGS)) + r")(?![\w/.-])")
+
+
+def as_flags(message: str) -> str:
+    """``message`` with the library's parameter spellings (``overwrite=True``, ...) replaced by CLI flags.
+
+    >>> as_flags("pass overwrite=True or choose another out_dir (not /runs/out_dir/a)")
+    'pass --overwrite or choose another --out (not /runs/out_dir/a)'
+    """
+    return _FLAG_RE.sub(lambda m: _FLAGS[m.group(1)], message)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
     except SingledirError as err:
-        print(f"singledir: error: {err}", file=sys.stderr)
+        print(f"singledir: error: {as_flags(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("singledir: interrupted", file=sys.stderr)

@@ -64,8 +64,6 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from singledir.analysis import analyze_run
 
-    if args.out.exists() and not args.out.is_dir():
-        raise SingledirError(f"--out {args.out} is a file; pass a folder for the analysis outputs")
     res = analyze_run(
         args.run_dir,
         args.out,

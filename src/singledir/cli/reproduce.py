@@ -13,7 +13,6 @@ import shlex
 import sys
 
 from singledir.cli.argtypes import int_at_least
-from singledir.errors import SingledirError
 
 
 def add_parser(subparsers) -> None:
@@ -53,20 +52,8 @@ def default_jobs(device: str) -> int:
 
 
 def run(args) -> int:
-    from singledir.experiments import CLAIMS
-    from singledir.experiments.presets import PRESETS
-    from singledir.experiments.reproduce import reproduce
+    from singledir.experiments.reproduce import reproduce  # checks claims, preset and dataset names
 
-    bad = [c for c in args.claims if c not in CLAIMS]
-    if bad:
-        raise SingledirError(f"unknown claim {', '.join(map(repr, bad))}; choose from {', '.join(CLAIMS)}")
-    if args.preset not in PRESETS:
-        raise SingledirError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    if args.dataset is not None:
-        from singledir.data import DATASETS
-
-        if args.dataset not in DATASETS:
-            raise SingledirError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
     jobs = args.jobs or default_jobs(args.device)
     command = "singledir reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == "reproduce" else \

@@ -12,10 +12,11 @@ Analysis keys (used by several claims):
 - ``layers``: ``"all"`` (every unit layer, pooled into one random order -- the MLP's two hidden layers,
   as in the paper) or ``"lastN"`` (the last N unit layers, pooled -- the paper's choice for ConvNets).
 
-How ``quick`` fits ~20 minutes on 2 cores (see :data:`NOTES` and /work/shared/paper-notes.md): MLPs train
-on 10k Fashion-MNIST images (w128 ~0.15-0.4 s/epoch, w512 ~0.6-2 s/epoch depending on load); the
-label-corruption MLPs are the paper's 512 wide but on 5k images (on 10k, reaching 99% on every p took ~390
-epochs in all, ~11 minutes on a shared machine), the dropout ones 512 wide on 2k images, the over-training ones 256 wide for 40 epochs (paper: 2048, 640 epochs).
+How ``quick`` fits ~20 minutes on 2 cores (see :data:`NOTES`): MLPs train on 10k Fashion-MNIST images
+(w128 ~0.15-0.4 s/epoch, w512 ~0.6-2 s/epoch depending on load); the label-corruption MLPs are the
+paper's 512 wide but on 5k images (on 10k, reaching 99% on every p took ~390 epochs in all, ~11 minutes
+on a shared machine), the dropout ones 512 wide on 2k images, the over-training ones 256 wide for 40
+epochs (paper: 2048, 640 epochs).
 ConvNets are the paper's 11-layer network with ``width_mult=0.125`` (8...64 channels) trained on 1,000
 images until 99% training accuracy (at most 40 epochs; ~1-2.5 s/epoch), tested on 1,000 test images and
 analysed on 500 examples with 5 orders.
@@ -157,6 +158,10 @@ def get_preset(name: str, dataset: str | None = None) -> dict:
         raise SingledirError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     preset = copy.deepcopy(_BUILDERS[name]())
     if dataset is not None:
+        from singledir.data import DATASETS
+
+        if dataset not in DATASETS:
+            raise SingledirError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
         _set_dataset(preset, dataset)
         if dataset not in IMAGE_DATASETS:  # the ConvNets need images
             preset["label-corruption"]["convnet"] = None

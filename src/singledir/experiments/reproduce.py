@@ -24,7 +24,7 @@ from pathlib import Path
 from singledir.errors import SingledirError
 from singledir.experiments import CLAIMS, verdicts
 from singledir.experiments.context import ClaimResult, Context
-from singledir.experiments.presets import NOTES, PRESETS, get_preset, training_dicts
+from singledir.experiments.presets import NOTES, get_preset, training_dicts
 from singledir.experiments.runner import Runner, run_name, timer
 from singledir.io import jsonable
 
@@ -82,17 +82,16 @@ def _error_result(name: str, settings: dict, err: BaseException, ctx: Context) -
 
 def _runs_info(runs_dir: Path, names) -> tuple[dict, dict]:
     """Per-run config/final numbers and the data fingerprints, read back from the run directories."""
-    import json
-
-    from singledir.training import rundir as rd
+    from singledir.training import read_summary
+    from singledir.training.rundir import is_complete
 
     runs, data = {}, {}
     for name in dict.fromkeys(names):
         d = runs_dir / name
-        if not rd.is_complete(d):
+        if not is_complete(d):
             continue
-        cfg = rd.read_config(d)
-        final = json.loads((d / rd.FINAL).read_text())
+        summary = read_summary(d)
+        cfg, final = summary.config, summary.final
         info = cfg.get("data", {})
         fp = info.get("fingerprint")
         if fp:
@@ -113,9 +112,7 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
     from singledir.reporting.report import write_report
 
     claims = check_claims(claims)
-    if preset not in PRESETS:
-        raise SingledirError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    settings = get_preset(preset, dataset)
+    settings = get_preset(preset, dataset)  # checks the preset and dataset names
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_notes = _check_data({c: settings[c] for c in claims}, data_dir)
@@ -127,7 +124,8 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
         "preset": preset,
         "dataset_override": dataset,
         "preset_notes": [NOTES[preset], *data_notes]
-        + ([f"--dataset {dataset}: every network uses {dataset} instead of the preset's dataset"] if dataset else []),
+        + ([f"dataset override {dataset}: every network uses {dataset} instead of the preset's dataset"]
+           if dataset else []),
         "claims_requested": claims,
         "settings": {c: settings[c] for c in claims},
         "code": code_version(),

@@ -2,6 +2,8 @@
 
 - :func:`train` -- ``train(config, out_dir, *, overwrite=False, resume=False, progress=True)`` -> :class:`Run`
 - :func:`load_run` -- ``load_run(run_dir, epoch=None)`` -> :class:`Run` (model in eval mode)
+- :func:`read_summary` -- ``read_summary(run_dir)`` -> :class:`RunSummary` (config + final metrics of a
+  complete run, without loading weights or data; also ``run.summary``)
 - :class:`TrainConfig` -- every setting (a dict of its fields is accepted wherever a config is)
 - :func:`evaluate` -- ``evaluate(model, x, y, batch_size=4096)`` -> ``(loss, acc)``
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from singledir.training.config import DEFAULT_EPOCHS, RUNTIME_SETTINGS, TrainConfig, log_epochs
 from singledir.training.loop import evaluate, train
-from singledir.training.rundir import Run, load_model, load_run
+from singledir.training.rundir import Run, RunSummary, load_model, load_run, read_summary
 
-__all__ = ["train", "load_run", "load_model", "Run", "TrainConfig", "evaluate", "log_epochs", "DEFAULT_EPOCHS",
-           "RUNTIME_SETTINGS"]
+__all__ = ["train", "load_run", "load_model", "read_summary", "Run", "RunSummary", "TrainConfig", "evaluate",
+           "log_epochs", "DEFAULT_EPOCHS", "RUNTIME_SETTINGS"]

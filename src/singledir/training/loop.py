@@ -17,7 +17,6 @@ DataLoader); evaluation runs under ``torch.inference_mode`` with large batches.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +33,7 @@ from singledir.errors import RunDirError, SingledirError
 from singledir.io import atomic_save_safetensors, atomic_torch_save, atomic_write_json, atomic_write_text
 from singledir.training import rundir as rd
 from singledir.training.config import RUNTIME_SETTINGS, TrainConfig
+from singledir.training.data import load_data
 
 # tags for derived seeds
 _SHUFFLE, _GLOBAL = 1, 2
@@ -87,18 +87,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 # ---------------------------------------------------------------------------- data
-def load_data(cfg: TrainConfig):
-    """The (clean) dataset a config names: ``load_dataset`` with the config's subset settings."""
-    from singledir.data import load_dataset
-
-    kwargs = {"data_dir": cfg.data_dir, "train_subset": cfg.train_subset, "seed": cfg.data_seed}
-    if cfg.test_subset is not None:
-        if "test_subset" not in inspect.signature(load_dataset).parameters:
-            raise SingledirError("this version of singledir.data has no test subsets; leave test_subset unset")
-        kwargs["test_subset"] = cfg.test_subset
-    return load_dataset(cfg.dataset, **kwargs)
-
-
 def _corrupt(cfg: TrainConfig, ds):
     """(dataset with the run's training labels, clean labels, changed mask)."""
     clean = ds.y_train.clone()
@@ -137,18 +125,18 @@ def _check_fresh_target(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise RunDirError(f"{out} exists and is not a directory; choose another --out")
+        raise RunDirError(f"{out} exists and is not a directory; choose another out_dir")
     if (out / rd.CONFIG).is_file():
         if not overwrite:
             if rd.is_complete(out):
-                raise RunDirError(f"{out} is a complete run; pass --overwrite to replace it or choose another --out")
+                raise RunDirError(f"{out} is a complete run; pass overwrite=True to replace it or choose another out_dir")
             raise RunDirError(
-                f"{out} holds an incomplete (interrupted) run; continue it with --resume {out} "
-                f"or pass --overwrite to start again"
+                f"{out} holds an incomplete (interrupted) run; continue it with resume=True "
+                f"or pass overwrite=True to start again"
             )
         return
     if any(out.iterdir()):
-        raise RunDirError(f"{out} is a non-empty directory that is not a run; choose another --out")
+        raise RunDirError(f"{out} is a non-empty directory that is not a run; choose another out_dir")
 
 
 def _clear(out: Path) -> None:
@@ -289,7 +277,7 @@ class _Trainer:
             corr = rd.load_corruption(out)
             if not torch.equal(corr["labels"], self.ds.y_train.cpu()):
                 raise RunDirError(
-                    f"the corrupted labels recomputed for {out} differ from the saved ones; start again with --overwrite"
+                    f"the corrupted labels recomputed for {out} differ from the saved ones; start again with overwrite=True"
                 )
         else:  # interrupted while the run directory was being set up
             self._save_corruption()
@@ -300,7 +288,7 @@ class _Trainer:
                 self.model.load_state_dict(state["model"])
                 self.opt.load_state_dict(state["optimizer"])
             except Exception as err:  # noqa: BLE001
-                raise RunDirError(f"cannot read {state_path}: {err}; start again with --overwrite") from None
+                raise RunDirError(f"cannot read {state_path}: {err}; start again with overwrite=True") from None
             self.epoch = int(state["epoch"])
             self.elapsed = float(state.get("elapsed", 0.0))
             self.rng_state = state
@@ -319,7 +307,7 @@ class _Trainer:
             hist = hist[hist["epoch"] <= self.epoch]
             self.history = hist.to_dict("records")
         if len(self.history) != self.epoch + 1:
-            raise RunDirError(f"{out / rd.HISTORY} does not match {rd.STATE} (epoch {self.epoch}); start again with --overwrite")
+            raise RunDirError(f"{out / rd.HISTORY} does not match {rd.STATE} (epoch {self.epoch}); start again with overwrite=True")
         stored.setdefault("resumes", []).append(
             {
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -113,7 +113,7 @@ def read_config(run_dir: Path) -> dict:
     """The run's config.json; RunDirError when the directory is missing or not a run directory."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist; train one with `singledir train --out {run_dir}`")
+        raise RunDirError(f"run directory {run_dir} does not exist; train a run into it first")
     path = run_dir / CONFIG
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG}); pass a directory made by `singledir train`")
@@ -177,7 +177,7 @@ class Run:
     ``corrupted_mask`` (bool, labels that changed), ``history`` (DataFrame, one row per epoch, epoch 0 = the
     untrained model), ``epoch`` (the epoch of ``model``'s weights), ``checkpoint_epochs`` (every epoch whose
     weights can be loaded with ``load_run(run_dir, epoch=...)``, including the final one), ``final``
-    (final.json: final metrics and ``stopped_reason``).
+    (final.json: final metrics and ``stopped_reason``), ``summary`` (a :class:`RunSummary` of both).
     """
 
     def __init__(
@@ -214,6 +214,11 @@ class Run:
             self._data = load_run_data(self.config, self.train_labels)
         return self._data
 
+    @property
+    def summary(self) -> RunSummary:
+        """The run's :class:`RunSummary` (config + final metrics), as :func:`read_summary` gives it."""
+        return RunSummary(self.run_dir, self.config, self.final)
+
     def model_at(self, epoch: int | None) -> nn.Module:
         """The model (eval mode) with the weights of ``epoch`` (None = final)."""
         return load_model(self.run_dir, epoch, config=self.config)
@@ -229,7 +234,7 @@ class Run:
 def load_run_data(config: dict, train_labels: torch.Tensor):
     """Load the run's dataset again, check its fingerprint, and put the run's labels in ``y_train``."""
     from singledir.training.config import TrainConfig
-    from singledir.training.loop import load_data
+    from singledir.training.data import load_data
 
     cfg = TrainConfig.from_dict(config, strict=False)
     ds = load_data(cfg)
@@ -254,20 +259,75 @@ def _epochs_available(run_dir: Path, final_epoch: int | None) -> list[int]:
     return sorted(eps)
 
 
-def _final_epoch(run_dir: Path) -> int | None:
-    path = run_dir / FINAL
+def read_final(run_dir) -> dict:
+    """A complete run's final.json (``epoch``, final metrics, ``stopped_reason``, timing).
+
+    Raises :class:`RunDirError` (one line naming the file) when it is missing, unreadable, not a JSON
+    object or has no integer ``epoch`` -- a complete run without them is damaged, not a run at epoch None.
+    """
+    path = Path(run_dir) / FINAL
     try:
-        return int(json.loads(path.read_text(encoding="utf-8"))["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        final = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"cannot read {path}: {err}; the run directory is damaged, train it again") from None
+    epoch = final.get("epoch") if isinstance(final, dict) else None
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise RunDirError(f"{path} has no integer 'epoch' (got {epoch!r}); the run directory is damaged, train it again")
+    return final
+
+
+def _final_epoch(run_dir: Path) -> int | None:
+    """The final epoch of a complete run (from final.json); None while the run is incomplete."""
+    return read_final(run_dir)["epoch"] if is_complete(run_dir) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What a complete run says about itself, from config.json and final.json (no weights, no data).
+
+    ``config`` is the parsed config.json, ``final`` the parsed final.json. :func:`read_summary` reads one
+    from a run directory; ``Run.summary`` gives the same for a loaded run.
+    """
+
+    run_dir: Path
+    config: dict
+    final: dict
+
+    @property
+    def name(self) -> str:
+        """The run directory's name."""
+        return Path(self.run_dir).name
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the final weights."""
+        return int(self.final["epoch"])
+
+    @property
+    def target_reached(self) -> bool:
+        """False only when the run had a training-accuracy target (``until_train_acc``) and stopped without it."""
+        if self.config.get("until_train_acc") is None:
+            return True
+        return self.final.get("stopped_reason") == "until_train_acc"
+
+    def metric(self, key: str):
+        """A final metric (``train_acc``, ``train_acc_clean``, ``test_acc``, ``test_loss``, ``train_loss``,
+        ``train_seconds``, ...); None when final.json does not have it."""
+        return self.final.get(key)
+
+
+def read_summary(run_dir) -> RunSummary:
+    """The :class:`RunSummary` of a complete run; :class:`RunDirError` for a missing, incomplete or damaged one."""
+    run_dir = Path(run_dir)
+    return RunSummary(run_dir, _require_complete(run_dir), read_final(run_dir))
 
 
 def _require_complete(run_dir: Path) -> dict:
     config = read_config(run_dir)
     if not is_complete(run_dir):
         raise RunDirError(
-            f"{run_dir} is an incomplete run (interrupted?); finish it with `singledir train --resume {run_dir}` "
-            f"or train it again with --overwrite"
+            f"{run_dir} is an incomplete run (interrupted?); finish it with resume=True "
+            f"or train it again with overwrite=True"
         )
     return config
 
@@ -325,13 +385,9 @@ def load_run(run_dir, epoch: int | None = None) -> Run:
     """
     run_dir = Path(run_dir)
     config = _require_complete(run_dir)
+    final = read_final(run_dir)
+    final_epoch = final["epoch"]
     model = load_model(run_dir, epoch, config=config)
-    final = {}
-    try:
-        final = json.loads((run_dir / FINAL).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    final_epoch = final.get("epoch")
     corr = load_corruption(run_dir)
     return Run(
         run_dir,

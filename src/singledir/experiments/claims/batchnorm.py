@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import analysis, verdicts
+from singledir.experiments import jobs, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves, plot_histogram
 from singledir.reporting.formatting import fmt_p
@@ -47,10 +47,10 @@ def run(ctx: Context) -> ClaimResult:
     # ---- the same ConvNets with and without batch norm
     keys = [(bn, seed) for bn in (True, False) for seed in s["seeds"]]
     dirs = ctx.train([dict(s["train"], batchnorm=bn, seed=seed) for bn, seed in keys], "train ConvNets")
-    runs = pd.DataFrame([analysis.run_summary(d) for d in dirs])
+    runs = pd.DataFrame([jobs.run_summary(d) for d in dirs])
     runs["batchnorm"] = [k[0] for k in keys]
-    abl = ctx.analyze(analysis.ablation, dirs, dict(split="test", **s["ablation"]), desc="ablate")
-    sel = ctx.analyze(analysis.selectivity, dirs, s["selectivity"], desc="selectivity")
+    abl = ctx.analyze(jobs.ablation, dirs, dict(split="test", **s["ablation"]), desc="ablate")
+    sel = ctx.analyze(jobs.selectivity, dirs, s["selectivity"], desc="selectivity")
     runs["auc"] = [a["auc"]["auc"].mean() for a in abl]
     runs["nauc"] = [a["auc"]["nauc"].mean() for a in abl]
     label = {True: "batch norm", False: "no batch norm"}

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import analysis, verdicts
+from singledir.experiments import jobs, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves
 from singledir.reporting.formatting import fmt_p
@@ -50,16 +50,16 @@ def _at(curves: pd.DataFrame, f: float) -> pd.Series:
 def run(ctx: Context) -> ClaimResult:
     s = ctx.settings
     levels = s["levels"]  # a grid in steps of 1/(levels-1): must contain every d and 2d
-    grid = analysis.fraction_levels(levels)
+    grid = jobs.fraction_levels(levels)
     for d in s["dropout"]:
         assert any(np.isclose(grid, d)) and any(np.isclose(grid, min(2 * d, 1.0))), "grid must contain d, 2d"
 
     # ---- networks: every dropout x {clean, random} x seed, trained to the target
     keys = [(d, p, seed) for d in s["dropout"] for p in s["corrupt"] for seed in s["seeds"]]
     dirs = ctx.train([dict(s["train"], dropout=d, corrupt=p, seed=seed) for d, p, seed in keys], "train")
-    runs = pd.DataFrame([analysis.run_summary(r) for r in dirs])
+    runs = pd.DataFrame([jobs.run_summary(r) for r in dirs])
     runs["dropout"] = [k[0] for k in keys]
-    abl = ctx.analyze(analysis.ablation, dirs, dict(split="train", levels=levels, **s["ablation"]), desc="ablate")
+    abl = ctx.analyze(jobs.ablation, dirs, dict(split="train", levels=levels, **s["ablation"]), desc="ablate")
     runs["auc"] = [a["auc"]["auc"].mean() for a in abl]
     curves = pd.concat([a["curves"].assign(dropout=d, corrupt=p, seed=seed) for a, (d, p, seed) in zip(abl, keys)])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import analysis, verdicts
+from singledir.experiments import jobs, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves, plot_scatter
 from singledir.reporting.formatting import fmt_corr, fmt_p
@@ -39,8 +39,8 @@ def run(ctx: Context) -> ClaimResult:
 
     # ---- networks that differ only in the seed
     dirs = ctx.train([dict(s["train"], seed=seed) for seed in s["seeds"]], "train networks")
-    runs = pd.DataFrame([analysis.run_summary(d) for d in dirs])
-    abl = ctx.analyze(analysis.ablation, dirs, dict(split="train", **s["ablation"]), desc="ablate")
+    runs = pd.DataFrame([jobs.run_summary(d) for d in dirs])
+    abl = ctx.analyze(jobs.ablation, dirs, dict(split="train", **s["ablation"]), desc="ablate")
     runs["auc"] = [a["auc"]["auc"].mean() for a in abl]
     runs["nauc"] = [a["auc"]["nauc"].mean() for a in abl]
     runs["gap"] = runs["train_acc"] - runs["test_acc"]

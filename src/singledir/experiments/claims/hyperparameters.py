@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import analysis, verdicts
+from singledir.experiments import jobs, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_scatter
 from singledir.reporting.formatting import fmt_corr
@@ -37,10 +37,10 @@ def run(ctx: Context) -> ClaimResult:
     # ---- the grid: every learning rate x batch size x seed, same epochs
     grid = [(lr, bs, seed) for lr in s["lr"] for bs in s["batch_size"] for seed in s["seeds"]]
     dirs = ctx.train([dict(s["train"], lr=lr, batch_size=bs, seed=seed) for lr, bs, seed in grid], "train grid")
-    runs = pd.DataFrame([analysis.run_summary(d) for d in dirs])
+    runs = pd.DataFrame([jobs.run_summary(d) for d in dirs])
     runs["lr"] = [g[0] for g in grid]
     runs["batch_size"] = [g[1] for g in grid]
-    abl = ctx.analyze(analysis.ablation, dirs, dict(split="train", **s["ablation"]), desc="ablate")
+    abl = ctx.analyze(jobs.ablation, dirs, dict(split="train", **s["ablation"]), desc="ablate")
     runs["auc"] = [a["auc"]["auc"].mean() for a in abl]
     runs["nauc"] = [a["auc"]["nauc"].mean() for a in abl]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import analysis, verdicts
+from singledir.experiments import jobs, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves, plot_scatter
 from singledir.reporting.formatting import fmt_corr
@@ -54,7 +54,7 @@ def _networks(ctx: Context, settings: dict, kind: str):
     """Train one network per (p, seed); return their run dirs and the per-run table."""
     configs = [dict(settings["train"], corrupt=p, seed=s) for p in settings["corrupt"] for s in settings["seeds"]]
     dirs = ctx.train(configs, f"train {kind}s")
-    return dirs, pd.DataFrame([analysis.run_summary(d) for d in dirs])
+    return dirs, pd.DataFrame([jobs.run_summary(d) for d in dirs])
 
 
 def _nearest(curves: pd.DataFrame, column: str, value: float) -> float:
@@ -91,9 +91,9 @@ def run(ctx: Context) -> ClaimResult:
 
     # ---- MLPs: train to the target, ablate on the run's own training labels, add noise
     mlp_dirs, mlp_runs = _networks(ctx, s, "MLP")
-    abl = ctx.analyze(analysis.ablation, mlp_dirs, dict(split="train", **s["ablation"]),
+    abl = ctx.analyze(jobs.ablation, mlp_dirs, dict(split="train", **s["ablation"]),
                              desc="ablate MLPs")
-    nz = ctx.analyze(analysis.noise, mlp_dirs, dict(split="train", layers=s["ablation"]["layers"],
+    nz = ctx.analyze(jobs.noise, mlp_dirs, dict(split="train", layers=s["ablation"]["layers"],
                                                            **s["noise"]), desc="noise MLPs")
     _add_auc(mlp_runs, abl)
     mlp_runs["noise_auc_range_normalized"] = [n["auc"]["noise_auc_range_normalized"].mean() for n in nz]
@@ -128,7 +128,7 @@ def run(ctx: Context) -> ClaimResult:
     conv = s.get("convnet")
     if conv:
         conv_dirs, conv_runs = _networks(ctx, conv, "ConvNet")
-        cabl = ctx.analyze(analysis.ablation, conv_dirs, dict(split="train", **conv["ablation"]),
+        cabl = ctx.analyze(jobs.ablation, conv_dirs, dict(split="train", **conv["ablation"]),
                                   desc="ablate ConvNets")
         _add_auc(conv_runs, cabl)
         parts.append(_ablation_part("ConvNet ablation", conv_runs, "auc"))

@@ -12,7 +12,7 @@ import math
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import analysis, verdicts
+from singledir.experiments import jobs, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_scatter
 from singledir.reporting.formatting import fmt_corr
@@ -54,7 +54,7 @@ def run(ctx: Context) -> ClaimResult:
 
     # ---- train, then selectivity + single-unit importance of every unit
     dirs = ctx.train(list(nets.values()), "train")
-    res = ctx.analyze(analysis.importance, dirs, s["importance"], desc="unit importance")
+    res = ctx.analyze(jobs.importance, dirs, s["importance"], desc="unit importance")
     parts, rows, frames = [], [], []
     for (kind, _), r in zip(nets.items(), res):
         units = r["units"].assign(network=kind)
@@ -74,7 +74,7 @@ def run(ctx: Context) -> ClaimResult:
     # ---- selectivity by depth (ConvNet when present, else the MLP)
     kind = "ConvNet" if "ConvNet" in nets else "MLP"
     sel_dirs = [dirs[list(nets).index(kind)]]
-    by_depth = ctx.analyze(analysis.selectivity, sel_dirs, dict(examples=s["importance"]["examples"], layers="all"),
+    by_depth = ctx.analyze(jobs.selectivity, sel_dirs, dict(examples=s["importance"]["examples"], layers="all"),
                            desc="selectivity by depth")[0]["units"]
     by_depth = by_depth[~by_depth["dead"].astype(bool)]
     depth = by_depth.groupby("depth", as_index=False)["selectivity"].mean()

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import analysis, verdicts
+from singledir.experiments import jobs, verdicts
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.formatting import fmt_corr
 
@@ -48,7 +48,7 @@ def run(ctx: Context) -> ClaimResult:
 
     # ---- train with checkpoints, ablate every checkpoint on the training data
     dirs = ctx.train([dict(s["train"], seed=seed, checkpoints=epochs) for seed in s["seeds"]], "train")
-    abl = ctx.analyze(analysis.ablation, dirs, dict(s["ablation"], epochs=epochs), desc="ablate checkpoints")
+    abl = ctx.analyze(jobs.ablation, dirs, dict(s["ablation"], epochs=epochs), desc="ablate checkpoints")
     auc = pd.concat([a["auc"].groupby("epoch", as_index=False).agg(auc=("auc", "mean"), auc_std=("auc", "std"),
                                                                     nauc=("nauc", "mean")).assign(run=d.name)
                      for d, a in zip(dirs, abl)], ignore_index=True)

@@ -1,8 +1,12 @@
-"""Per-run analyses shared by the claims (each cached per run by the Runner) and curve summaries.
+"""The claims' per-run jobs: ablation, noise, selectivity and importance of one run each, plus run facts.
 
-Every function here takes a run directory and keyword settings and returns ``{name: DataFrame}``, so
-:meth:`Runner.analyze` can run it in a worker and cache the frames next to the run. They are plain
-module-level functions (picklable for spawned workers).
+Offers the jobs :func:`ablation`, :func:`noise`, :func:`selectivity`, :func:`importance` -- each takes a
+run directory and keyword settings and returns ``{name: DataFrame}``, so :meth:`Runner.analyze` can run
+it in a worker and cache the frames next to the run (plain module-level functions, picklable for spawned
+workers) -- and the helpers :func:`run_summary` (one table row per run, read through
+:func:`singledir.training.read_summary`), :func:`curve_auc`, :func:`noise_auc`, :func:`eval_data`,
+:func:`pick_layers`, :func:`fraction_levels`, :func:`unit_levels`. (Named ``jobs`` so that nothing here
+shares a name with :mod:`singledir.analysis`, the single-network analysis of ``singledir analyze``.)
 
 Decisions stated in the report:
 
@@ -17,8 +21,6 @@ Decisions stated in the report:
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -161,27 +163,26 @@ def importance(run_dir, *, examples: int | None = None, layers="all", min_units:
 
 
 def run_summary(run) -> dict:
-    """One row of facts about a loaded run (or a run directory) for the per-run tables."""
-    from singledir.training import rundir as rd
+    """One row of facts about a run (a run directory, a loaded ``Run`` or a ``RunSummary``) for the per-run tables."""
+    from singledir.training import read_summary
 
-    run_dir = Path(run) if not hasattr(run, "run_dir") else run.run_dir
-    cfg = rd.read_config(run_dir)
-    import json
-
-    final = json.loads((run_dir / rd.FINAL).read_text())
-    target = cfg.get("until_train_acc")
+    if hasattr(run, "summary"):
+        run = run.summary
+    elif not hasattr(run, "final"):
+        run = read_summary(run)
+    cfg = run.config
     return {
-        "run": run_dir.name,
+        "run": run.name,
         "model": cfg["model"],
         "seed": cfg["seed"],
         "corrupt": cfg["corrupt"],
-        "epochs": final["epoch"],
-        "stopped": final["stopped_reason"],
-        "target_reached": (final["stopped_reason"] == "until_train_acc") if target is not None else True,
-        "train_acc": final["train_acc"],
-        "train_acc_clean": final["train_acc_clean"],
-        "test_acc": final["test_acc"],
-        "test_loss": final["test_loss"],
-        "train_loss": final["train_loss"],
-        "train_seconds": final.get("train_seconds"),
+        "epochs": run.epoch,
+        "stopped": run.metric("stopped_reason"),
+        "target_reached": run.target_reached,
+        "train_acc": run.metric("train_acc"),
+        "train_acc_clean": run.metric("train_acc_clean"),
+        "test_acc": run.metric("test_acc"),
+        "test_loss": run.metric("test_loss"),
+        "train_loss": run.metric("train_loss"),
+        "train_seconds": run.metric("train_seconds"),
     }
