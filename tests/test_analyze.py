@@ -168,3 +168,33 @@ def test_analyze_works_on_any_model():
     assert np.isclose(res.summary["ablation"]["unablated_accuracy"], res.ablation.meta["base_accuracy"])
     assert set(res.figures()) == {"ablation", "selectivity_hist", "selectivity_vs_importance",
                                   "mutual_info_vs_importance"}
+
+
+def test_device_is_checked_once_with_a_clear_error(run_dir, tmp_path, capsys, monkeypatch):
+    """--device reaches the analysis: asking for CUDA where there is none is one clear line, exit 2."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "d"
+    assert main(["analyze", str(run_dir), "--out", str(out), "--device", "cuda", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "CUDA is not available" in err and not out.exists()
+
+
+def test_analysis_runs_on_the_device_asked_for(run_dir, monkeypatch):
+    """The model handed to the measurements is on the requested device, and a given Run's model is not moved."""
+    from singledir.training import load_run
+
+    seen = []
+    real = analysis.analyze
+
+    def spy(model, *a, **k):
+        seen.append(next(model.parameters()).device)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(analysis, "analyze", spy)
+    res = analysis.analyze_run(run_dir, orders=1, noise=False, max_examples=60, n_boot=10, progress=False,
+                               device="cpu")
+    assert seen == [torch.device("cpu")] and res.summary["settings"]["device"] == "cpu"
+    run = load_run(run_dir)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    analysis.analyze_run(run, orders=1, noise=False, max_examples=60, n_boot=10, progress=False, device="cpu")
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())

@@ -215,3 +215,29 @@ def test_parallel_jobs_give_the_same_numbers(tmp_path):
     ref = _table(_results(inline), "hyperparameters", "networks").set_index("run")
     assert list(ours.index) == list(ref.index)
     assert np.allclose(ours["auc"], ref["auc"]) and np.allclose(ours["test_acc"], ref["test_acc"])
+
+
+def test_device_reaches_the_per_run_jobs_and_is_checked_first(tmp_path, monkeypatch):
+    """Context.analyze hands the reproduction's device to every per-run job; absent CUDA fails before any work."""
+    import torch
+
+    from singledir.experiments.context import Context
+    from singledir.experiments.reproduce import reproduce
+    from singledir.experiments.runner import Runner
+    from singledir.errors import SingledirError
+
+    runs = tmp_path / "runs"
+    with Runner(runs, jobs=1, progress=False, device="cpu") as runner:
+        ctx = Context("ensemble", "smoke", {}, runner, tmp_path / "figures", progress=False)
+        [d] = ctx.train([dict(dataset="digits", model="mlp", width=8, epochs=1)], "train")
+        [res] = ctx.analyze(_record_device, [d], {"tag": 1}, desc="record")
+    assert res["device"]["device"].tolist() == ["cpu"]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SingledirError, match="CUDA is not available"):
+        reproduce(tmp_path / "r", ["ensemble"], preset="smoke", device="cuda", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def _record_device(run_dir, *, tag, device="not given"):
+    return {"device": pd.DataFrame({"device": [device]})}

@@ -21,6 +21,7 @@ Defaults follow the paper (Morcos et al., ICLR 2018):
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import os
 import shutil
@@ -362,6 +363,7 @@ def analyze_run(
     n_boot: int = 1000,
     seed: int = 0,
     figures: bool = True,
+    device=None,
     progress: bool = True,
 ) -> Analysis:
     """:func:`analyze` a training run (a run directory or a loaded ``Run``); save into ``out_dir`` if given.
@@ -371,8 +373,11 @@ def analyze_run(
     unit statistics (noise scale, mean clamp) the training inputs. ``max_examples`` caps each split
     (fixed random subset from ``seed``). ``layers``: None (paper defaults), ``"all"``, ``"lastN"``,
     ``"a,b"`` or a list. ``summary.json`` records the settings, the run's config excerpt (seeds,
-    corruption), the data fingerprint and the singledir version.
+    corruption), the data fingerprint and the singledir version. ``device``: where the run's model is
+    loaded and the analysis runs (``"cpu"``/``"cuda"``; default: the CPU, or where a given ``Run``'s
+    model already is -- a given Run's model is copied, never moved).
     """
+    from singledir.devices import model_device, resolve_device
     from singledir.reliance.inputs import check_choice
     from singledir.training import load_run
 
@@ -382,25 +387,29 @@ def analyze_run(
     if max_examples is not None:
         max_examples = _check_int(max_examples, "max_examples", 1)
     _check_int(seed, "seed", 0)
+    dev = None if device is None else resolve_device(device)
     if not hasattr(run, "model"):
         _info(f"loading run {run}" + (f" (epoch {epoch})" if epoch is not None else ""), progress)
-        run = load_run(run, epoch=epoch)
+        run = load_run(run, epoch=epoch, device=dev)
     elif epoch is not None and epoch != run.epoch:
-        run = load_run(run.run_dir, epoch=epoch)
+        run = load_run(run.run_dir, epoch=epoch, device=dev or model_device(run.model))
+    model = run.model
+    if dev is not None and model_device(model) != dev:
+        model = copy.deepcopy(model).to(dev)  # the caller's Run keeps its model where it was
     cfg = run.config
-    names = parse_layers(layers, run.model, cfg.get("model"))
+    names = parse_layers(layers, model, cfg.get("model"))
     data = run.data
     train = subset(data.x_train, data.y_train, max_examples, seed)
     test = subset(data.x_test, data.y_test, max_examples, seed)
     curve = train if split == "train" else test
 
-    res = analyze(run.model, curve, test, names, stats_data=train, orders=orders, clamp=clamp, noise=noise,
+    res = analyze(model, curve, test, names, stats_data=train, orders=orders, clamp=clamp, noise=noise,
                   noise_repeats=noise_repeats, scales=scales, bins=bins, n_boot=n_boot, seed=seed,
                   progress=progress)
     res.summary["settings"].update(
         {"split": split, "curve_labels": "run's training labels (corrupted where the run corrupted them)"
          if split == "train" else "clean test labels", "unit_split": "test", "stats_split": "train",
-         "max_examples": max_examples}
+         "max_examples": max_examples, "device": str(model_device(model))}
     )
     final = getattr(run, "final", {}) or {}
     res.summary["run"] = {

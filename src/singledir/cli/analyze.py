@@ -10,11 +10,9 @@ correlations, settings, run config excerpt with seeds and data fingerprint, sing
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from singledir.cli.argtypes import int_at_least
-from singledir.errors import SingledirError
 
 
 _positive_int = int_at_least(1)
@@ -56,6 +54,8 @@ def add_parser(subparsers) -> None:
                    help="quantile bins of non-zero activity for the mutual information (default 16)")
     p.add_argument("--seed", type=_nonneg_int, default=0,
                    help="seed of the ablation orders, noise draws, example subset and bootstrap (default 0)")
+    p.add_argument("--device", default="cpu",
+                   help="device the model is loaded on and the analysis runs on: cpu (default), cuda or cuda:N")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="write no PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     p.set_defaults(func=run)
@@ -78,6 +78,7 @@ def run(args) -> int:
         bins=args.bins,
         seed=args.seed,
         figures=args.figures,
+        device=args.device,
         progress=not args.quiet,
     )
     print(_report(res.summary, args.out))
@@ -117,11 +118,3 @@ def _report(summary: dict, out: Path) -> str:
                          f"(p={_fmt(row['p_value'], '.2g')}, 95% CI {_fmt(row['ci_low'], '+.2f')}.."
                          f"{_fmt(row['ci_high'], '+.2f')}){' ' + row['note'] if row.get('note') else ''}")
     return "\n".join(lines)
-
-
-def load_summary(out_dir) -> dict:
-    """Read OUT_DIR/summary.json (complete analyses only)."""
-    path = Path(out_dir) / "summary.json"
-    if not path.is_file():
-        raise SingledirError(f"{path} does not exist; run `singledir analyze RUN_DIR --out {out_dir}` first")
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
                    help="replace every network's dataset: fashion-mnist, mnist, cifar10, digits, mnist1d "
                         "(default: the preset's)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device to train on (default cpu)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device to train and analyse on (default cpu)")
     p.add_argument("--jobs", default=None, type=_jobs,
                    help="train/analyse N independent runs in parallel processes (default: the number of CPUs, "
                         "at most 8; 1 = everything in this process)")

@@ -35,9 +35,15 @@ class Context:
         self.runs.extend(d.name for d in dirs if d.name not in self.runs)
         return dirs
 
-    def analyze(self, fn, run_dirs, params: dict, desc: str) -> list[dict[str, pd.DataFrame]]:
-        """``fn(run_dir, **params)`` for each run (cached; see :meth:`Runner.analyze`)."""
-        return self.runner.analyze(fn, run_dirs, params, desc=f"{self.claim}: {desc}")
+    def analyze(self, fn, run_dirs, params: dict | list[dict], desc: str) -> list[dict[str, pd.DataFrame]]:
+        """``fn(run_dir, **params, device=<the runner's device>)`` for each run (cached; see :meth:`Runner.analyze`).
+
+        ``params``: one dict for all runs or one per run. The device is part of the cached key: results
+        on another device may differ in the last bits.
+        """
+        device = str(self.runner.device)
+        plist = dict(params, device=device) if isinstance(params, dict) else [dict(p, device=device) for p in params]
+        return self.runner.analyze(fn, run_dirs, plist, desc=f"{self.claim}: {desc}")
 
     def figure(self, fig, name: str, caption: str) -> None:
         """Save a matplotlib figure as ``figures/<claim>-<name>.{png,svg}`` and remember it for the report."""

@@ -10,6 +10,8 @@ shares a name with :mod:`singledir.analysis`, the single-network analysis of ``s
 
 Decisions stated in the report:
 
+- Device: every job takes ``device`` (``"cpu"``/``"cuda"``): the run's model is loaded there and the
+  measurement runs there (``Context.analyze`` passes the reproduction's device).
 - Evaluation examples: a fixed random subset (``torch.Generator`` seeded with 0) of the split; for the
   training split the labels are the run's own (corrupted) labels.
 - AUC (:func:`singledir.stats.ablation_auc`): area under accuracy vs fraction of units ablated (x in
@@ -91,7 +93,8 @@ def _tag(df: pd.DataFrame, **cols) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- per-run analyses
 def ablation(run_dir, *, split: str = "train", examples: int | None = 2000, orders: int = 10,
-             levels: int = 33, layers="all", epochs: list[int] | None = None, seed: int = 0) -> dict[str, pd.DataFrame]:
+             levels: int = 33, layers="all", epochs: list[int] | None = None, seed: int = 0,
+             device: str = "cpu") -> dict[str, pd.DataFrame]:
     """Cumulative random-order ablation curves (clamp to zero) and their AUC, for one run.
 
     ``epochs``: checkpoint epochs to analyse (default: the final weights only); the rows carry ``epoch``.
@@ -99,7 +102,7 @@ def ablation(run_dir, *, split: str = "train", examples: int | None = 2000, orde
     import singledir as sd
     from singledir.training import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     x, y = eval_data(run.data, split, examples)
     curves, aucs = [], []
     for epoch in epochs if epochs is not None else [run.epoch]:
@@ -114,12 +117,12 @@ def ablation(run_dir, *, split: str = "train", examples: int | None = 2000, orde
 
 
 def noise(run_dir, *, split: str = "train", examples: int | None = 2000, scales=(0.1, 1.0), repeats: int = 3,
-          layers="all", seed: int = 0) -> dict[str, pd.DataFrame]:
+          layers="all", seed: int = 0, device: str = "cpu") -> dict[str, pd.DataFrame]:
     """Accuracy under Gaussian noise of ``scale x`` each unit's training std, added to every unit."""
     import singledir as sd
     from singledir.training import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     x, y = eval_data(run.data, split, examples)
     stats = eval_data(run.data, "train", examples)
     res = sd.noise_curves(run.model, (x, y), pick_layers(run.model, layers), scales=list(scales), repeats=repeats,
@@ -128,12 +131,12 @@ def noise(run_dir, *, split: str = "train", examples: int | None = 2000, scales=
     return {"curves": curves, "auc": noise_auc(curves)}
 
 
-def selectivity(run_dir, *, examples: int | None = None, layers="all") -> dict[str, pd.DataFrame]:
+def selectivity(run_dir, *, examples: int | None = None, layers="all", device: str = "cpu") -> dict[str, pd.DataFrame]:
     """Class selectivity index and mutual information of every unit, on the (clean) test set."""
     import singledir as sd
     from singledir.training import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     x, y = eval_data(run.data, "test", examples)
     names = pick_layers(run.model, layers)
     df = sd.class_selectivity(run.model, (x, y), names)
@@ -141,7 +144,8 @@ def selectivity(run_dir, *, examples: int | None = None, layers="all") -> dict[s
     return {"units": df}
 
 
-def importance(run_dir, *, examples: int | None = None, layers="all", min_units: int = 0) -> dict[str, pd.DataFrame]:
+def importance(run_dir, *, examples: int | None = None, layers="all", min_units: int = 0,
+               device: str = "cpu") -> dict[str, pd.DataFrame]:
     """Selectivity, mutual information and single-unit importance (ablate one unit alone) on the test set.
 
     Only layers with at least ``min_units`` units are analysed (too few units give no usable correlation).
@@ -150,7 +154,7 @@ def importance(run_dir, *, examples: int | None = None, layers="all", min_units:
     from singledir.models import unit_counts
     from singledir.training import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     x, y = eval_data(run.data, "test", examples)
     counts = unit_counts(run.model)
     names = [n for n in pick_layers(run.model, layers) if counts[n] >= min_units]

@@ -106,13 +106,19 @@ def _runs_info(runs_dir: Path, names) -> tuple[dict, dict]:
 
 def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = None, data_dir=None,
               device: str = "cpu", jobs: int = 1, progress: bool = True, command: str | None = None) -> dict:
-    """Run ``claims`` (all when None) with ``preset`` and write the report to ``out``; return results.json's dict."""
+    """Run ``claims`` (all when None) with ``preset`` and write the report to ``out``; return results.json's dict.
+
+    ``device`` (``"cpu"``/``"cuda"``) is where every network is trained and analysed.
+    """
     from tqdm.auto import tqdm
 
     from singledir.reporting.report import write_report
 
+    from singledir.devices import resolve_device
+
     claims = check_claims(claims)
     settings = get_preset(preset, dataset)  # checks the preset and dataset names
+    device = str(resolve_device(device))  # one clear error before any work when CUDA is absent
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_notes = _check_data({c: settings[c] for c in claims}, data_dir)

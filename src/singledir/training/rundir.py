@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from singledir.devices import model_device, resolve_device
 from singledir.errors import RunDirError, SingledirError
 from singledir.io import atomic_write_text
 
@@ -172,7 +173,7 @@ class Run:
 
     Attributes: ``run_dir`` (Path), ``config`` (dict, the parsed config.json: flat TrainConfig fields plus
     ``versions``, ``git_revision``, ``host``, ``data``, ``corruption``, ``model_config``, ``start_time``),
-    ``model`` (nn.Module in eval mode, on the CPU), ``data`` (Dataset whose ``y_train`` are the labels the run
+    ``model`` (nn.Module in eval mode, on the device given to :func:`load_run`, default the CPU), ``data`` (Dataset whose ``y_train`` are the labels the run
     trained on -- corrupted if corruption was applied; loaded on first access), ``clean_train_labels``,
     ``corrupted_mask`` (bool, labels that changed), ``history`` (DataFrame, one row per epoch, epoch 0 = the
     untrained model), ``epoch`` (the epoch of ``model``'s weights), ``checkpoint_epochs`` (every epoch whose
@@ -220,8 +221,8 @@ class Run:
         return RunSummary(self.run_dir, self.config, self.final)
 
     def model_at(self, epoch: int | None) -> nn.Module:
-        """The model (eval mode) with the weights of ``epoch`` (None = final)."""
-        return load_model(self.run_dir, epoch, config=self.config)
+        """The model (eval mode, on the device of ``model``) with the weights of ``epoch`` (None = final)."""
+        return load_model(self.run_dir, epoch, config=self.config, device=model_device(self.model))
 
     def __repr__(self) -> str:
         c = self.config
@@ -332,8 +333,13 @@ def _require_complete(run_dir: Path) -> dict:
     return config
 
 
-def load_model(run_dir, epoch: int | None = None, *, config: dict | None = None) -> nn.Module:
-    """The run's model in eval mode with the final weights (epoch=None) or those of ``epoch``."""
+def load_model(run_dir, epoch: int | None = None, *, config: dict | None = None, device=None) -> nn.Module:
+    """The run's model in eval mode with the final weights (epoch=None) or those of ``epoch``.
+
+    ``device``: where to put it (``"cpu"``, ``"cuda"``, a :class:`torch.device`; checked by
+    :func:`singledir.devices.resolve_device`); default the CPU.
+    """
+    dev = resolve_device("cpu" if device is None else device)
     run_dir = Path(run_dir)
     if config is None:
         config = _require_complete(run_dir)
@@ -354,7 +360,7 @@ def load_model(run_dir, epoch: int | None = None, *, config: dict | None = None)
         raise RunDirError(f"{path} is missing; the run directory is damaged, train it again")
     model = build_from_config(config)
     load_weights(model, path)
-    return model.eval()
+    return model.to(dev).eval()
 
 
 def load_corruption(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -376,18 +382,19 @@ def read_history(run_dir: Path) -> pd.DataFrame:
         raise RunDirError(f"cannot read {path}: {err}; the run directory is damaged") from None
 
 
-def load_run(run_dir, epoch: int | None = None) -> Run:
+def load_run(run_dir, epoch: int | None = None, *, device=None) -> Run:
     """Load a complete run made by ``singledir train``: model (eval mode) at ``epoch`` (None = final).
 
     A missing epoch raises :class:`RunDirError` listing the available ones; a missing or incomplete run
     directory raises :class:`RunDirError`. ``run.data`` is loaded (and checked against the run's data
-    fingerprint) on first access.
+    fingerprint) on first access. ``device``: where the model goes (default the CPU); the data stay on
+    the CPU (the measurements move each batch to the model's device).
     """
     run_dir = Path(run_dir)
     config = _require_complete(run_dir)
     final = read_final(run_dir)
     final_epoch = final["epoch"]
-    model = load_model(run_dir, epoch, config=config)
+    model = load_model(run_dir, epoch, config=config, device=device)
     corr = load_corruption(run_dir)
     return Run(
         run_dir,
