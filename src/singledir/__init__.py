@@ -8,7 +8,12 @@ Measurements (work on any ``torch.nn.Module``; layers are dotted module names):
 - :func:`unit_importance` -- accuracy drop / loss rise when one unit alone is ablated
 - :func:`selectivity_vs_importance` -- Spearman correlations between the two
 
-Runs: :func:`load_run` loads a training run made by ``singledir train``.
+Runs: :func:`load_run` loads a training run made by ``singledir train``; :func:`analyze` runs every
+measurement on one network (what ``singledir analyze`` calls, via :func:`singledir.analysis.analyze_run`).
+
+Modules: :mod:`singledir.stats` (every reported statistic: AUCs, Spearman with its p-value rule and
+bootstrap interval, two-sample tests), :mod:`singledir.io` (atomic writes, JSON cleaning),
+:mod:`singledir.devices` (a model's device, ``--device`` names).
 
 Example::
 
@@ -31,6 +36,8 @@ _LAZY = {
     "unit_importance": "singledir.reliance",
     "selectivity_vs_importance": "singledir.reliance",
     "load_run": "singledir.training",
+    "analyze": "singledir.analysis",
+    "analyze_run": "singledir.analysis",
     "load_dataset": "singledir.data",
     "build_model": "singledir.models",
     "SingledirError": "singledir.errors",

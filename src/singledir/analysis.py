@@ -130,7 +130,9 @@ def _check_int(value, name: str, lo: int) -> int:
 class Analysis:
     """Results of :func:`analyze` / :func:`analyze_run`.
 
-    ``ablation`` (engine's AblationResult: ``.curves``, ``.auc()``), ``noise`` (NoiseResult or None),
+    ``ablation`` (:class:`~singledir.reliance.ablation.AblationResult`: ``.curves``, ``.auc()``),
+    ``noise`` (:class:`~singledir.reliance.noise.NoiseResult` or None; its ``normalized_auc`` is
+    :func:`singledir.stats.noise_auc_base_normalized`),
     ``units`` (one row per unit: selectivity, mutual_info, preferred_class, mean_activity, dead,
     accuracy_drop, loss_increase, ...), ``correlations`` (see
     :func:`singledir.reliance.correlation.selectivity_vs_importance`) and ``summary`` (JSON-able dict).
@@ -310,6 +312,8 @@ def analyze(
             "mutual_info_estimator": f"quantile bins ({bins}) of non-zero activity + a zero bin, plug-in, bits",
             "correlation": "Spearman rho, percentile bootstrap CI over units; dead units left out",
             "p_value_rule": stats.P_VALUE_RULE,
+            "noise_normalized_auc": "area under accuracy vs log10(scale) / log10 range / noise-free accuracy "
+                                    "(singledir.stats.noise_auc_base_normalized)",
         },
         "ablation": {"auc": _records(abl_auc), "unablated_accuracy": _unablated(abl.curves)},
         "noise": {"auc": _records(nres.auc())} if nres is not None else None,

@@ -105,8 +105,8 @@ def _report(summary: dict, out: Path) -> str:
     if summary.get("noise"):
         for row in summary["noise"]["auc"]:
             lines.append(
-                f"noise AUC ({row.get('n_curves')} draws): normalized {_fmt(row.get('normalized_auc_mean'))} "
-                f"+- {_fmt(row.get('normalized_auc_std'))}"
+                f"noise AUC ({row.get('n_curves')} draws), per log10 range and noise-free accuracy: "
+                f"{_fmt(row.get('normalized_auc_mean'))} +- {_fmt(row.get('normalized_auc_std'))}"
             )
     for row in summary["units"]:
         if row["layer"] == "all":

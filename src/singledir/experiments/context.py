@@ -1,8 +1,9 @@
 """What a claim gets (:class:`Context`) and what it returns (:class:`ClaimResult`).
 
-A claim module reads top to bottom: settings -> ``ctx.runner.train(configs)`` -> per-run analyses via
-``ctx.runner.analyze`` -> statistics -> figures via ``ctx.figure`` -> a :class:`ClaimResult` whose
-verdict comes from the pre-declared rule in its ``rule`` text (see :mod:`.verdicts`).
+A claim module reads top to bottom: settings -> ``ctx.train(configs)`` -> per-run jobs of
+:mod:`.jobs` via ``ctx.analyze`` -> statistics (:mod:`singledir.stats`) -> figures via ``ctx.figure`` ->
+a :class:`ClaimResult` whose verdict comes from the pre-declared rule in its ``rule`` text (see
+:mod:`.verdicts`).
 """
 
 from __future__ import annotations
