@@ -41,7 +41,6 @@ from singledir.io import atomic_write_json, jsonable
 __all__ = ["Analysis", "analyze", "analyze_run", "default_layers", "parse_layers", "subset"]
 
 SPLITS = ("train", "test")
-CLAMPS = ("zero", "mean")
 
 # run config fields copied into summary.json
 _CONFIG_KEYS = (
@@ -251,12 +250,10 @@ def analyze(
     import singledir as sd
     from singledir import stats
     from singledir.reliance.correlation import selectivity_vs_importance
-    from singledir.reliance.inputs import check_choice
     from singledir.reliance.selectivity import DEFAULT_BINS
 
-    orders = _check_int(orders, "orders", 1)
+    orders = _check_int(orders, "orders", 1)  # named as here; the measurements call it ``repeats``
     noise_repeats = _check_int(noise_repeats, "noise_repeats", 1)
-    check_choice(clamp, CLAMPS, "clamp")
     names = default_layers(model) if layers is None else parse_layers(layers, model)
     bins = DEFAULT_BINS if bins is None else bins
     stats_data = curve_data if stats_data is None else stats_data

@@ -108,9 +108,7 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.resume is not None:
-        if args.overwrite:
-            raise SingledirError("--resume and --overwrite exclude each other; pick one")
+    if args.resume is not None:  # train() refuses resume together with overwrite
         out = args.resume
         if args.out is not None and Path(args.out).resolve() != Path(out).resolve():
             raise SingledirError(f"--out {args.out} differs from --resume {out}; a run resumes in its own directory")

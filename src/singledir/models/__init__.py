@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from singledir.devices import model_device
 from singledir.errors import SingledirError
 from singledir.models._common import (
     _as_int,
@@ -144,9 +145,8 @@ def unit_counts(model: nn.Module, input_shape=None) -> dict[str, int]:
     try:
         model.eval()
         param = next(model.parameters(), None)
-        device = param.device if param is not None else "cpu"
         dtype = param.dtype if param is not None else torch.float32
-        model(torch.zeros((1, *check_input_shape(input_shape)), device=device, dtype=dtype))
+        model(torch.zeros((1, *check_input_shape(input_shape)), device=model_device(model), dtype=dtype))
     finally:
         for h in handles:
             h.remove()

@@ -177,7 +177,7 @@ def train(
     callbacks = list(callbacks)
     if resume:
         if overwrite:
-            raise SingledirError("pass either resume or overwrite, not both")
+            raise SingledirError("pass either resume=True or overwrite=True, not both")
         stored = rd.read_config(out)
         if rd.is_complete(out):
             raise RunDirError(f"{out} is already a complete run; nothing to resume (load it with singledir.load_run)")
