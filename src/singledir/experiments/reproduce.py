@@ -21,6 +21,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from singledir import stats
 from singledir.errors import SingledirError
 from singledir.experiments import CLAIMS, verdicts
 from singledir.experiments.context import ClaimResult, Context
@@ -135,6 +136,9 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
         "claims_requested": claims,
         "settings": {c: settings[c] for c in claims},
         "code": code_version(),
+        "statistics": {"p_value_rule": stats.P_VALUE_RULE,
+                       "intervals": f"{stats.CONFIDENCE:.0%} percentile bootstrap, {stats.N_BOOT} seeded resamples",
+                       "alpha": stats.ALPHA},
         "machine": machine(device, jobs),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -36,6 +36,11 @@ blockquote{border-left:4px solid #d0d7de;margin:.5em 0;padding:.2em 1em;color:#5
 
 
 # ---------------------------------------------------------------------------- small helpers
+def _statistics_line(doc: dict) -> str:
+    s = doc.get("statistics") or {}
+    return "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in s.items()) or "n/a"
+
+
 def _fmt(v) -> str:
     if v is None:
         return ""
@@ -142,6 +147,7 @@ def render_html(out: Path, doc: dict) -> str:
          f"<tr><td>machine</td><td>{html.escape(_machine_line(doc))}</td></tr>",
          f"<tr><td>code</td><td>{html.escape(_code_line(doc))}</td></tr>",
          f"<tr><td>preset</td><td>{'<br>'.join(html.escape(n) for n in doc.get('preset_notes', []))}</td></tr>",
+         f"<tr><td>statistics</td><td>{html.escape(_statistics_line(doc))}</td></tr>",
          f"<tr><td>runs</td><td>{len(doc.get('runs', {}))} networks "
          f"({len(doc.get('cache', {}).get('trained_now', []))} trained by this invocation, "
          f"{len(doc.get('cache', {}).get('reused', []))} reused from the cache)</td></tr></table>",
@@ -197,7 +203,8 @@ def render_markdown(doc: dict) -> str:
          f"(CPU time of all processes: {_minutes(doc.get('cpu_seconds'))})"
          + ("" if doc.get("complete") else " **(incomplete)**"),
          f"- machine: {_machine_line(doc)}", f"- code: {_code_line(doc)}",
-         *[f"- preset: {n}" for n in doc.get("preset_notes", [])], "", "## Summary", "",
+         *[f"- preset: {n}" for n in doc.get("preset_notes", [])], f"- statistics: {_statistics_line(doc)}",
+         "", "## Summary", "",
          "| claim | verdict | key statistic | wall time (CPU time) |", "|---|---|---|---|"]
     for s in doc.get("summary", []):
         m.append(f"| [{s['claim']}](#{s['claim']}) | **{s['verdict']}** | {s['key_statistic'].replace('|', '/')} | "
