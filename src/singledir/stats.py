@@ -26,8 +26,8 @@ Offers:
 Conventions (one name per concept): ``n_boot`` bootstrap resamples, ``confidence`` the central coverage
 of an interval (0.95), ``seed`` the resampling seed (same inputs + seed -> same interval). An undefined
 number is ``NaN`` (never ``None``); :func:`singledir.io.jsonable` writes it as ``null``. Result dicts
-use the keys ``n``, ``p``, ``ci_low``, ``ci_high`` (plus the test's own statistic) and ``note`` (``""``
-when defined, else why not).
+use the keys ``n`` (``n_a``, ``n_b`` for two samples), ``p``, the test's own statistic, ``ci_low`` /
+``ci_high`` where there is an interval, and ``note`` (``""`` when defined, else why not).
 
 Example::
 
