@@ -1,9 +1,9 @@
 """The claims' per-run jobs: ablation, noise, selectivity and importance of one run each, plus run facts.
 
 Offers the jobs :func:`ablation`, :func:`noise`, :func:`selectivity`, :func:`importance` -- each takes a
-run directory and keyword settings and returns ``{name: DataFrame}``, so :meth:`~singledir.experiments.runner.Runner.analyze` can run
-it in a worker and cache the frames next to the run (plain module-level functions, picklable for spawned
-workers) -- and the helpers :func:`run_summary` (one table row per run, read through
+run directory and keyword settings and returns ``{name: DataFrame}``, so
+:meth:`~singledir.experiments.runner.Runner.analyze` can run it in a worker and cache the frames next to
+the run (plain module-level functions, picklable for spawned workers) -- and the helpers :func:`run_summary` (one table row per run, read through
 :func:`singledir.training.read_summary`), :func:`curve_auc`, :func:`noise_auc`, :func:`eval_data`,
 :func:`pick_layers`, :func:`fraction_levels`, :func:`unit_levels`. (Named ``jobs`` so that nothing here
 shares a name with :mod:`singledir.analysis`, the single-network analysis of ``singledir analyze``.)
