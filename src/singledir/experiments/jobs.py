@@ -3,9 +3,10 @@
 Offers the jobs :func:`ablation`, :func:`noise`, :func:`selectivity`, :func:`importance` -- each takes a
 run directory and keyword settings and returns ``{name: DataFrame}``, so
 :meth:`~singledir.experiments.runner.Runner.analyze` can run it in a worker and cache the frames next to
-the run (plain module-level functions, picklable for spawned workers) -- and the helpers :func:`run_summary` (one table row per run, read through
-:func:`singledir.training.read_summary`), :func:`curve_auc`, :func:`noise_auc`, :func:`eval_data`,
-:func:`pick_layers`, :func:`fraction_levels`, :func:`unit_levels`. (Named ``jobs`` so that nothing here
+the run (plain module-level functions, picklable for spawned workers) -- and the helpers
+:func:`run_summary` (one table row per run, read through :func:`singledir.training.read_summary`),
+:func:`curve_auc`, :func:`noise_auc`, :func:`eval_data`, :func:`pick_layers`, :func:`fraction_levels`,
+:func:`unit_levels`. (Named ``jobs`` so that nothing here
 shares a name with :mod:`singledir.analysis`, the single-network analysis of ``singledir analyze``.)
 
 Decisions stated in the report:
@@ -80,7 +81,8 @@ def noise_auc(curves: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for rep, g in curves.groupby("repeat", sort=True):
         g = g.groupby("scale", as_index=False)["accuracy"].mean()
-        rows.append({"repeat": rep, "noise_auc_range_normalized": stats.noise_auc_range_normalized(g["scale"], g["accuracy"])})
+        area = stats.noise_auc_range_normalized(g["scale"], g["accuracy"])
+        rows.append({"repeat": rep, "noise_auc_range_normalized": area})
     return pd.DataFrame(rows)
 
 

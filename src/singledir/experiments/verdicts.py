@@ -55,7 +55,9 @@ def sign_verdict(stat, p, expected_sign: int, *, n: int | None = None, min_n: in
 
 
 def significant_sign(stat, p, *, alpha: float = ALPHA) -> str:
-    """A descriptive two-sided reading of ``stat``: reproduced (> 0 and p < alpha), not (< 0, p < alpha), else inconclusive."""
+    """A descriptive two-sided reading of ``stat``: reproduced (> 0, p < alpha), not (< 0, p < alpha), else inconclusive.
+
+    For parts shown but not in the verdict (e.g. the 5-best vs 5-worst comparison)."""
     if not (_defined(stat) and _defined(p)) or p >= alpha:
         return INCONCLUSIVE
     return REPRODUCED if stat > 0 else NOT_REPRODUCED

@@ -173,9 +173,10 @@ class Run:
 
     Attributes: ``run_dir`` (Path), ``config`` (dict, the parsed config.json: flat TrainConfig fields plus
     ``versions``, ``git_revision``, ``host``, ``data``, ``corruption``, ``model_config``, ``start_time``),
-    ``model`` (nn.Module in eval mode, on the device given to :func:`load_run`, default the CPU), ``data`` (Dataset whose ``y_train`` are the labels the run
-    trained on -- corrupted if corruption was applied; loaded on first access), ``clean_train_labels``,
-    ``corrupted_mask`` (bool, labels that changed), ``history`` (DataFrame, one row per epoch, epoch 0 = the
+    ``model`` (nn.Module in eval mode, on the device given to :func:`load_run`, default the CPU),
+    ``data`` (Dataset whose ``y_train`` are the labels the run trained on -- corrupted if corruption was
+    applied; loaded on first access), ``clean_train_labels``, ``train_labels``, ``corrupted_mask`` (bool,
+    labels that changed), ``history`` (DataFrame, one row per epoch, epoch 0 = the
     untrained model), ``epoch`` (the epoch of ``model``'s weights), ``checkpoint_epochs`` (every epoch whose
     weights can be loaded with ``load_run(run_dir, epoch=...)``, including the final one), ``final``
     (final.json: final metrics and ``stopped_reason``), ``summary`` (a :class:`RunSummary` of both).
