@@ -3,7 +3,7 @@
 Equality: accuracies exactly equal, losses within 1e-5, for the MLP, the ConvNet with batch norm, the
 ResNet and a user-style model with branches and a skip connection (ablation with zero / mean clamp and
 random directions, single-unit importance, noise). Also the batched-hook fallback (untraceable model),
-example chunking under a small memory budget, and the building blocks in hooks.py / inputs.py / graph.py.
+example chunking under a small memory budget, and the building blocks in hooks.py / edits.py / units.py / inputs.py / fast/graph.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from torch import nn
 import singledir as sd
 from singledir.errors import SingledirError
 from singledir.models import build_model
-from singledir.reliance import common, engine, hooks, inputs
-from singledir.reliance.graph import Split, find_linear_chain, trace_with_markers
+from singledir.reliance import common, edits, evaluators, hooks, inputs, units
+from singledir.reliance.fast import FastEvaluator
+from singledir.reliance.fast.graph import Split, find_linear_chain, trace_with_markers
 from singledir.reliance.testing import (
     ControlFlowNet,
     UserNet,
@@ -71,7 +72,7 @@ def assert_same(a, b):
 def test_ablation_fast_equals_reference(kind, clamp, basis, data):
     model, layers = make(kind)
     snap = snapshot(model)
-    total = sum(hooks.layer_units(model, data, layers).values())
+    total = sum(units.layer_units(model, data, layers).values())
     kw = dict(repeats=2, clamp=clamp, basis=basis, levels=some_levels(total), progress=False, seed=3)
     fast = sd.ablation_curves(model, data, layers, **kw)
     assert_unchanged(model, snap)
@@ -154,8 +155,8 @@ def test_small_memory_budget_chunks_examples_and_stays_exact(data):
     model, layers = make("resnet")
     with hooks.model_guard(model), torch.no_grad():
         prep = common.prepare(model, data, layers)
-        ev = engine.make_evaluator("auto", model, prep.batches, common.layer_plans(model, prep, "zero"), 300_000)
-    assert isinstance(ev, engine.FastEvaluator) and ev.chunk < N
+        ev = evaluators.make_evaluator("auto", model, prep.batches, common.layer_plans(model, prep, "zero"), 300_000)
+    assert isinstance(ev, FastEvaluator) and ev.chunk < N
     kw = dict(repeats=1, levels=[0, 7, 40, 80], progress=False)
     small = sd.ablation_curves(model, data, layers, memory_budget=300_000, **kw)
     assert_same(small.curves, sd.ablation_curves(model, data, layers, method="reference", **kw).curves)
@@ -227,7 +228,7 @@ def test_model_unchanged_when_data_iterable_raises(data):
 
 
 # --------------------------------------------------------------------------------------------------
-# hooks.py, inputs.py, graph.py
+# hooks.py, edits.py, units.py, inputs.py, fast/graph.py
 # --------------------------------------------------------------------------------------------------
 def test_record_ablate_noise_contexts_remove_hooks(data):
     model, layers = make("mlp")
@@ -241,7 +242,7 @@ def test_record_ablate_noise_contexts_remove_hooks(data):
         with hooks.ablate(model, {"hidden.1": list(range(24))}):
             out = model(x)
         torch.testing.assert_close(out, model.out.bias.expand(16, -1))  # all units of the last layer off
-        spec = hooks.NoiseSpec(torch.ones(24, dtype=torch.float64), 0.0, key=(0, 0, 0))
+        spec = edits.NoiseSpec(torch.ones(24, dtype=torch.float64), 0.0, key=(0, 0, 0))
         with hooks.noise(model, {"hidden.0": spec}):
             assert torch.equal(model(x), base)
     assert_unchanged(model, snap)
@@ -261,39 +262,37 @@ def test_replica_clamp_and_projection_match_one_at_a_time():
     h = torch.randn(6, 5, 3, 3)
     masks = torch.tensor([[1, 0, 0, 0, 0], [0, 1, 1, 0, 1]], dtype=torch.bool)
     vals = torch.arange(5.0)
-    both = hooks.apply_clamp(torch.cat([h, h]), masks, vals)
-    assert torch.equal(both[:6], hooks.apply_clamp(h, masks[0], vals))
-    assert torch.equal(both[6:], hooks.apply_clamp(h, masks[1], vals))
+    both = edits.apply_clamp(torch.cat([h, h]), masks, vals)
+    assert torch.equal(both[:6], edits.apply_clamp(h, masks[0], vals))
+    assert torch.equal(both[6:], edits.apply_clamp(h, masks[1], vals))
     assert torch.equal(both[6:, 1], torch.full((6, 3, 3), 1.0))
     q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
-    full = hooks.apply_projection(h, (q @ q.T).float())
+    full = edits.apply_projection(h, (q @ q.T).float())
     assert full.abs().max() < 1e-5  # projecting out every direction removes everything
     center = torch.randn(5)
-    clamped = hooks.apply_projection(h, (q @ q.T).float(), center)
+    clamped = edits.apply_projection(h, (q @ q.T).float(), center)
     torch.testing.assert_close(clamped, center.view(1, 5, 1, 1).expand_as(h), atol=1e-5, rtol=0)
 
 
 def test_example_noise_independent_of_batching():
-    whole = hooks.example_noise((3, 2), 0, 100, key=(1, 2, 3))
-    parts = torch.cat([hooks.example_noise((3, 2), a, b, key=(1, 2, 3)) for a, b in [(0, 7), (7, 64), (64, 100)]])
+    whole = edits.example_noise((3, 2), 0, 100, key=(1, 2, 3))
+    parts = torch.cat([edits.example_noise((3, 2), a, b, key=(1, 2, 3)) for a, b in [(0, 7), (7, 64), (64, 100)]])
     assert torch.equal(whole, parts)
-    assert not torch.equal(whole, hooks.example_noise((3, 2), 0, 100, key=(1, 2, 4)))
+    assert not torch.equal(whole, edits.example_noise((3, 2), 0, 100, key=(1, 2, 4)))
 
 
 def test_unit_stats_and_layer_units(data):
     model, layers = make("convnet")
-    counts = hooks.layer_units(model, data, layers)
+    counts = units.layer_units(model, data, layers)
     assert counts == {"features.20": 16, "features.29": 32, "features.32": 32}
-    st = hooks.unit_stats(model, (data[0], data[1]), ["features.20"], progress=False)["features.20"]
+    st = units.unit_stats(model, (data[0], data[1]), ["features.20"], progress=False)["features.20"]
     with hooks.model_guard(model), torch.no_grad(), hooks.record(model, ["features.20"]) as rec:
         model(data[0])
     h = rec["features.20"].double().transpose(0, 1).reshape(16, -1)
     torch.testing.assert_close(st.mean, h.mean(1))
     torch.testing.assert_close(st.std, h.std(1, unbiased=False))
-    acts = hooks.unit_activations(model, data, ["features.20"])["features.20"]
+    acts = units.unit_activations(model, data, ["features.20"])["features.20"]
     assert acts.shape == (N, 16)
-    cm = hooks.unit_class_means(model, data, ["features.20"], 10)["features.20"]
-    assert cm.shape == (10, 16)
 
 
 def test_inputs_checks(data):

@@ -26,7 +26,7 @@ from singledir.reliance.common import (
     trapezoid,
     unit_means,
 )
-from singledir.reliance.engine import make_evaluator
+from singledir.reliance.evaluators import make_evaluator
 from singledir.reliance.hooks import model_guard
 from singledir.reliance.importance import importance_table
 from singledir.reliance.inputs import check_choice, check_repeats, check_seed

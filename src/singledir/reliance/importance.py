@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from singledir.reliance.common import check_budget, check_method, layer_plans, prepare
-from singledir.reliance.engine import make_evaluator
+from singledir.reliance.evaluators import make_evaluator
 from singledir.reliance.hooks import model_guard
 
 __all__ = ["IMPORTANCE_COLUMNS", "importance_table", "unit_importance"]

@@ -27,8 +27,9 @@ from singledir.reliance.common import (
     summarize,
     trapezoid,
 )
-from singledir.reliance.engine import make_evaluator
-from singledir.reliance.hooks import model_guard, unit_stats
+from singledir.reliance.evaluators import make_evaluator
+from singledir.reliance.hooks import model_guard
+from singledir.reliance.units import unit_stats
 from singledir.reliance.inputs import as_batches, check_repeats, check_seed
 from singledir.reliance.plan import NoisePlan
 
