@@ -3,7 +3,8 @@
 Every-level walks (levels=None: hidden.0 and hidden.1 units alternate, so the ReLU fusion, the folded
 clamps and the float32 accumulators with their float64 re-anchoring all run many times), several example
 chunks (buffers reused, then re-allocated for a shorter last chunk) and two orders per call (the second
-walk starts again from the cached base) must give the reference's accuracies, and losses within 1e-5.
+walk starts again from the cached base) must agree with the reference (``compare_curves``: equal
+accuracies except at near-ties that float64 resolves to the reference, losses within 1e-5).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from singledir.reliance.fast.layout import ANCHOR_EVERY, AnchoredSum
 from singledir.reliance.fast.scoring import example_scores, score_logits
 from singledir.reliance.common import layer_plans, prepare
 from singledir.reliance.plan import score
-from singledir.reliance.testing import assert_unchanged, digits, snapshot
+from singledir.reliance.testing import assert_unchanged, compare_curves, digits, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,12 @@ class PairMax(nn.Module):
         return self.fc(h.view(-1, 2).amax(1).view(h.shape[0], -1))
 
 
+def assert_agree(model, data, fast, ref, **kw):
+    """Equal except at near-ties that float64 resolves to the reference (``compare_curves``)."""
+    cmp = compare_curves(model, data, fast, ref, **kw)
+    assert cmp.ok, cmp.summary()
+
+
 def evaluator(model, data, layers, memory_budget=None):
     model.eval()
     with torch.no_grad():
@@ -92,7 +99,7 @@ def test_view_model_keeps_row_major_and_stays_exact(data):
     kw = dict(repeats=2, progress=False)
     fast = sd.ablation_curves(model, data, ["act"], **kw)
     ref = sd.ablation_curves(model, data, ["act"], method="reference", **kw)
-    np.testing.assert_array_equal(fast.curves.accuracy.to_numpy(), ref.curves.accuracy.to_numpy())
+    assert_agree(model, data, fast, ref)
 
 
 def test_last_chunk_of_one_example_equals_reference(data):
@@ -104,8 +111,7 @@ def test_last_chunk_of_one_example_equals_reference(data):
     kw = dict(repeats=2, levels=None, progress=False, seed=2)
     fast = sd.ablation_curves(model, d, layers, memory_budget=budget, **kw)
     ref = sd.ablation_curves(model, d, layers, method="reference", **kw)
-    np.testing.assert_array_equal(fast.curves.accuracy.to_numpy(), ref.curves.accuracy.to_numpy())
-    np.testing.assert_allclose(fast.curves.loss.to_numpy(), ref.curves.loss.to_numpy(), atol=1e-5, rtol=0)
+    assert_agree(model, d, fast, ref, memory_budget=budget)
 
 
 @pytest.mark.parametrize("clamp,basis", [("zero", "units"), ("mean", "units"), ("zero", "random")])
@@ -125,8 +131,7 @@ def test_every_level_walk_over_chunks_equals_reference(kind, clamp, basis, data)
     ref = sd.ablation_curves(model, data, layers, method="reference", **kw)
     assert_unchanged(model, snap)
     assert len(fast.curves) == 2 * (1 + (80 if kind == "mlp" else 40))
-    np.testing.assert_array_equal(fast.curves.accuracy.to_numpy(), ref.curves.accuracy.to_numpy())
-    np.testing.assert_allclose(fast.curves.loss.to_numpy(), ref.curves.loss.to_numpy(), atol=1e-5, rtol=0)
+    assert_agree(model, data, fast, ref, memory_budget=budget)
 
 
 def test_anchored_sum_stays_within_a_few_roundings_of_the_exact_sum():

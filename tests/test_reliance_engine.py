@@ -1,14 +1,21 @@
 """Reliance engine: fast paths equal the reference, the model is handed back unchanged, hooks and inputs.
 
-Equality: accuracies exactly equal, losses within 1e-5, for the MLP, the ConvNet with batch norm, the
-ResNet and a user-style model with branches and a skip connection (ablation with zero / mean clamp and
-random directions, single-unit importance, noise). Also the batched-hook fallback (untraceable model),
-example chunking under a small memory budget, and the building blocks in hooks.py / edits.py / units.py / inputs.py / fast/graph.py.
+Equality, for the MLP, the ConvNet with batch norm, the ResNet and a user-style model with branches and
+a skip connection: ablation curves agree by :func:`~singledir.reliance.testing.compare_curves` (equal
+accuracies except at near-ties that float64 resolves to the reference, losses within 1e-5);
+single-unit importance, noise and the batched hooks: accuracies exactly equal, losses within 1e-5.
+Also the batched-hook fallback (untraceable model, with its warning and recorded path), example chunking
+under a small memory budget, data read once (shuffled DataLoaders), inputs moved to the model's device /
+dtype on every path, and the building blocks in hooks.py / edits.py / units.py / inputs.py / fast/graph.py.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -17,13 +24,16 @@ import singledir as sd
 from singledir.errors import SingledirError
 from singledir.models import build_model
 from singledir.reliance import common, edits, evaluators, hooks, inputs, units
+from singledir.reliance.evaluators import FastPathFallback
 from singledir.reliance.fast import FastEvaluator
 from singledir.reliance.fast.graph import Split, find_linear_chain, trace_with_markers
 from singledir.reliance.testing import (
     ControlFlowNet,
     UserNet,
     assert_unchanged,
+    compare_curves,
     digits,
+    near_tie_bound,
     randomize_batchnorm,
     snapshot,
 )
@@ -60,8 +70,16 @@ def some_levels(total: int) -> list[int]:
 
 
 def assert_same(a, b):
+    """Exactly equal accuracies, losses within 1e-5 (the hook paths, importance and noise)."""
     np.testing.assert_array_equal(a["accuracy"].to_numpy(), b["accuracy"].to_numpy())
     np.testing.assert_allclose(a["loss"].to_numpy(), b["loss"].to_numpy(), atol=1e-5, rtol=0)
+
+
+def assert_agree(model, data, fast, ref, **kw):
+    """Fast curves equal the reference's except at near-ties that float64 resolves to the reference."""
+    cmp = compare_curves(model, data, fast, ref, **kw)
+    assert cmp.ok, cmp.summary()
+    return cmp
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,7 +98,7 @@ def test_ablation_fast_equals_reference(kind, clamp, basis, data):
     assert_unchanged(model, snap)
     assert fast.meta["method"] == "fast" and ref.meta["method"] == "reference"
     assert fast.sequences == ref.sequences
-    assert_same(fast.curves, ref.curves)
+    assert_agree(model, data, fast, ref)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -143,8 +161,11 @@ def test_untraceable_model_falls_back_to_hooks(data):
     model = ControlFlowNet()
     snap = snapshot(model)
     kw = dict(repeats=1, levels=[0, 4, 16, 32], progress=False)
-    auto = sd.ablation_curves(model, data, ["l1", "l2"], **kw)
-    assert auto.meta["method"] == "hooks"
+    with pytest.warns(FastPathFallback) as caught:
+        auto = sd.ablation_curves(model, data, ["l1", "l2"], **kw)
+    assert len(caught) == 1 and "fx fast path cannot run this model" in str(caught[0].message)
+    assert auto.meta["method"] == "hooks" and auto.meta["method_requested"] == "auto"
+    assert auto.meta["fallback_reason"] and auto.meta["fallback_reason"] in str(caught[0].message)
     assert_same(auto.curves, sd.ablation_curves(model, data, ["l1", "l2"], method="reference", **kw).curves)
     with pytest.raises(SingledirError, match="method='fast' needs a model torch.fx can trace"):
         sd.ablation_curves(model, data, ["l1", "l2"], method="fast", **kw)
@@ -159,7 +180,8 @@ def test_small_memory_budget_chunks_examples_and_stays_exact(data):
     assert isinstance(ev, FastEvaluator) and ev.chunk < N
     kw = dict(repeats=1, levels=[0, 7, 40, 80], progress=False)
     small = sd.ablation_curves(model, data, layers, memory_budget=300_000, **kw)
-    assert_same(small.curves, sd.ablation_curves(model, data, layers, method="reference", **kw).curves)
+    ref = sd.ablation_curves(model, data, layers, method="reference", **kw)
+    assert_agree(model, data, small, ref, memory_budget=300_000)
 
 
 def test_data_as_dataloader_equals_tensors(data):
@@ -388,6 +410,7 @@ class _LateInplace(nn.Module):
         return out + a
 
 
+@pytest.mark.filterwarnings("ignore::singledir.reliance.evaluators.FastPathFallback")  # _LateInplace
 @pytest.mark.parametrize(
     "factory,layers,method",
     [
@@ -408,10 +431,158 @@ def test_unusual_graphs_equal_reference(factory, layers, method, data):
     kw = dict(repeats=2, progress=False)
     fast = sd.ablation_curves(model, d, layers, **kw)
     assert fast.meta["method"] == method
-    assert_same(fast.curves, sd.ablation_curves(model, d, layers, method="reference", **kw).curves)
+    ref = sd.ablation_curves(model, d, layers, method="reference", **kw)
+    if method == "fast":
+        assert_agree(model, d, fast, ref)
+    else:
+        assert_same(fast.curves, ref.curves)
     assert_same(sd.unit_importance(model, d, layers, progress=False),
                 sd.unit_importance(model, d, layers, progress=False, method="reference"))
     nkw = dict(scales=[0.5, 2.0], repeats=1, progress=False)
     assert_same(sd.noise_curves(model, d, layers, **nkw).curves,
                 sd.noise_curves(model, d, layers, method="reference", **nkw).curves)
     assert_unchanged(model, snap)
+
+
+# --------------------------------------------------------------------------------------------------
+# the path taken is recorded; auto warns when it falls back
+# --------------------------------------------------------------------------------------------------
+def test_every_result_records_the_path(data):
+    model, layers = make("mlp")
+    kw = dict(progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a traceable model: no fallback warning
+        abl = sd.ablation_curves(model, data, layers, repeats=1, levels=[0, 5], **kw)
+        noi = sd.noise_curves(model, data, layers, scales=[1.0], repeats=1, **kw)
+        imp = sd.unit_importance(model, data, layers, method="hooks", **kw)
+    sel = sd.class_selectivity(model, data, layers)
+    assert (abl.meta["method"], abl.meta["method_requested"], abl.meta["fallback_reason"]) == ("fast", "auto", None)
+    assert noi.meta["method"] == "fast"
+    assert (imp.attrs["method"], imp.attrs["method_requested"]) == ("hooks", "hooks")
+    assert sel.attrs["method"] == "reference"
+    torch.manual_seed(0)
+    cf = ControlFlowNet()
+    with pytest.warns(FastPathFallback) as caught:
+        r = sd.noise_curves(cf, data, ["l1"], scales=[1.0], repeats=1, **kw)
+    assert len(caught) == 1 and r.meta["method"] == "hooks"
+    with pytest.warns(FastPathFallback) as caught:
+        i = sd.unit_importance(cf, data, ["l1"], **kw)
+    assert len(caught) == 1 and i.attrs["method"] == "hooks" and i.attrs["fallback_reason"]
+
+
+# --------------------------------------------------------------------------------------------------
+# data is read once: a shuffled DataLoader gives the numbers of the tensors in the order it yields
+# --------------------------------------------------------------------------------------------------
+class _Counting:
+    """An iterable over a DataLoader that counts how often it is read."""
+
+    def __init__(self, loader):
+        self.loader, self.passes = loader, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.loader)
+
+
+def _shuffled(data, seed=3, batch_size=37):
+    ds = torch.utils.data.TensorDataset(*data)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, generator=gen)
+
+
+def _first_pass(data, seed=3, batch_size=37):
+    """The tensors a fresh ``_shuffled(data, seed)`` yields on its first pass, in that order."""
+    xs, ys = zip(*list(_shuffled(data, seed, batch_size)))
+    return torch.cat(xs), torch.cat(ys)
+
+
+@pytest.mark.parametrize("method", ["auto", "reference"])
+def test_shuffled_dataloader_is_read_once(method, data):
+    model, layers = make("mlp")
+    d = (data[0][:150], data[1][:150])
+    tensors = _first_pass(d)
+    stats_tensors = _first_pass(d, seed=4)
+    calls = {
+        "class_selectivity": lambda src, st: sd.class_selectivity(model, src, layers, batch_size=37),
+        "ablation_curves": lambda src, st: sd.ablation_curves(
+            model, src, layers, order=["selectivity-high", "random"], repeats=1, clamp="mean", levels=[0, 3, 20],
+            stats_data=st, batch_size=37, progress=False, method=method).curves,
+        "noise_curves": lambda src, st: sd.noise_curves(
+            model, src, layers, scales=[0.5, 2.0], repeats=1, stats_data=st, batch_size=37, progress=False,
+            method=method).curves,
+        "unit_importance": lambda src, st: sd.unit_importance(
+            model, src, layers, clamp="mean", stats_data=st, batch_size=37, progress=False, method=method),
+    }
+    for name, fn in calls.items():
+        src, st = _Counting(_shuffled(d)), _Counting(_shuffled(d, seed=4))
+        got = fn(src, st)
+        want = fn(tensors, stats_tensors)
+        assert src.passes == 1, f"{name} read data {src.passes} times"
+        assert st.passes <= 1, f"{name} read stats_data {st.passes} times"
+        pd.testing.assert_frame_equal(got, want, obj=name)
+
+
+# --------------------------------------------------------------------------------------------------
+# every path feeds the model on its device, in its dtype
+# --------------------------------------------------------------------------------------------------
+class _StrictInput(nn.Module):
+    """A float64 MLP whose first layer checks that its input has the parameters' device and dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = build_model("mlp", (1, 8, 8), 10, width=12, seed=0).double()
+        self.net.hidden[0][0].register_forward_pre_hook(self._check)
+
+    @staticmethod
+    def _check(module, args):
+        w = module.weight
+        if args[0].device != w.device or args[0].dtype != w.dtype:
+            raise AssertionError(f"input on {args[0].device}/{args[0].dtype}, model on {w.device}/{w.dtype}")
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("method", ["fast", "hooks", "reference"])
+def test_every_path_moves_inputs_to_the_model(method, data):
+    model = _StrictInput()
+    layers = ["net.hidden.0", "net.hidden.1"]
+    d = (data[0][:100], data[1][:100])  # float32 data, float64 model
+    kw = dict(progress=False, method=method, batch_size=40)
+    sd.ablation_curves(model, d, layers, repeats=1, levels=[0, 4], clamp="mean", stats_data=d, **kw)
+    sd.ablation_curves(model, d, layers, repeats=1, levels=[0, 4], basis="random", clamp="mean", **kw)
+    sd.noise_curves(model, d, layers, scales=[1.0], repeats=1, stats_data=d, **kw)
+    sd.unit_importance(model, d, layers, clamp="mean", **kw)
+    sd.class_selectivity(model, d, layers)
+    sd.selectivity_vs_importance(model, d, layers, n_boot=20)
+    units.unit_stats(model, d, layers)
+    units.layer_units(model, d, layers)
+
+
+# --------------------------------------------------------------------------------------------------
+# compare_curves: what equality of the paths means
+# --------------------------------------------------------------------------------------------------
+def test_compare_curves_accepts_equal_and_rejects_unexplained_differences(data):
+    model, layers = make("mlp")
+    kw = dict(repeats=1, levels=[0, 5, 20, 48], progress=False)
+    fast = sd.ablation_curves(model, data, layers, **kw)
+    ref = sd.ablation_curves(model, data, layers, method="reference", **kw)
+    same = compare_curves(model, data, fast, ref)
+    assert same.ok and same.levels == 4 and same.levels_differing == 0 and same.examples_differing == 0
+    tampered = copy.deepcopy(ref)
+    tampered.curves.loc[2, "accuracy"] += 1 / N  # one more "correct" example the reference never predicted
+    bad = compare_curves(model, data, fast, tampered)
+    assert bad.levels_differing == 1 and bad.inconsistent == 1 and not bad.ok
+    lossy = copy.deepcopy(ref)
+    lossy.curves.loc[1, "loss"] += 1e-3
+    assert not compare_curves(model, data, fast, lossy).ok
+
+
+def test_near_tie_bound_scales_with_the_logits():
+    logits = torch.tensor([[1.0, 1.0 + 1e-6, -3.0], [200.0, 199.99, 0.0], [0.1, 0.3, 0.2]])
+    bound = near_tie_bound(logits)
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(bound, torch.tensor([64 * eps * 3.0, 64 * eps * 200.0, 64 * eps], dtype=torch.float64))
+    margin = logits.double().topk(2, 1).values
+    margin = margin[:, 0] - margin[:, 1]
+    assert (margin <= bound).tolist() == [True, False, False]

@@ -84,7 +84,8 @@ def class_selectivity(
 
     Returns one row per unit: ``layer, unit, selectivity, mutual_info`` (bits), ``preferred_class``
     (-1 for dead units), ``mean_activity`` (over all examples, after spatial averaging) and ``dead``
-    (activation exactly 0 for every example and position). The model is evaluated in eval mode under
+    (activation exactly 0 for every example and position); ``df.attrs`` holds the settings and
+    ``method`` = "reference" (one plain forward pass per batch). The model is evaluated in eval mode under
     ``no_grad`` and handed back unchanged (mode, hooks, weights).
 
     Example::
@@ -118,7 +119,8 @@ def class_selectivity(
         frames.append(df)
         acts[n] = []  # free memory early
     out = pd.concat(frames, ignore_index=True)
-    out.attrs.update({"bins": bins, "miller_madow": bool(miller_madow), "eps": float(eps), "examples": n_total})
+    out.attrs.update({"bins": bins, "miller_madow": bool(miller_madow), "eps": float(eps), "examples": n_total,
+                      "method": "reference"})
     return out[COLUMNS]
 
 

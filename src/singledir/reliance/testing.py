@@ -12,19 +12,48 @@ Offers:
 - :func:`train_quick` -- a few epochs of Adam, seeded.
 - :func:`randomize_batchnorm` -- give every batch norm layer non-trivial running statistics and affine
   parameters (so eval-mode batch norm is not the identity in tests).
+- :func:`compare_curves` / :class:`CurveComparison` -- what "the fast path equals the reference" means for
+  ablation curves (used by the tests and ``benchmarks/bench_ablation.py``), with :func:`near_tie_bound`
+  and :data:`NEAR_TIE_ULPS`.
+
+Equality of two paths, honestly. Both paths compute every logit in float32, but with different summation
+orders (BLAS blocking, the fast path's incremental accumulators: up to ``ANCHOR_EVERY - 1`` = 15 float32
+rank-1 updates since the last re-anchoring, each rounding twice). So a logit may differ between the paths
+by a few ulps of the logits' magnitude, and an example whose two largest logits are that close (a
+*near-tie*) may be predicted differently. :func:`compare_curves` therefore says the paths agree when
+
+- losses agree within ``loss_atol`` (1e-5 mean cross-entropy) at every level, and
+- every example predicted differently by the two paths is a near-tie: its top-2 margin in the
+  reference's float32 logits is at most :func:`near_tie_bound` = ``NEAR_TIE_ULPS * eps32 * max(1,
+  max_c |logit_c|)`` with ``NEAR_TIE_ULPS`` = 64 (2 logits x 2 roundings x 16 updates of one ulp each:
+  a practical bound for these networks, not a worst-case proof), and
+- a float64 recomputation of that level (the same model and edits in float64) predicts what the
+  reference predicts.
+
+It counts the disagreeing examples, the near-ties among them, and how many float64 resolves to the
+reference. Per-example predictions of the fast path come from re-running its walk with ``watch`` on the
+differing levels only (same process and threads: the same numbers), so identical curves cost nothing.
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
+    "NEAR_TIE_ULPS",
     "ControlFlowNet",
+    "CurveComparison",
+    "compare_curves",
     "UserNet",
     "assert_unchanged",
     "digits",
     "hook_count",
+    "near_tie_bound",
     "randomize_batchnorm",
     "snapshot",
     "train_quick",
@@ -139,3 +168,129 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
                 m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
     return model
+
+
+# --------------------------------------------------------------------------------------------------
+# fast == reference, honestly
+# --------------------------------------------------------------------------------------------------
+#: Near-tie bound in float32 ulps of the logits' magnitude (module docstring).
+NEAR_TIE_ULPS = 64
+
+
+def near_tie_bound(logits: torch.Tensor) -> torch.Tensor:
+    """Per example: ``NEAR_TIE_ULPS * eps32 * max(1, max_c |logit_c|)`` (module docstring)."""
+    eps = torch.finfo(torch.float32).eps
+    return NEAR_TIE_ULPS * eps * logits.abs().amax(1).clamp_min(1.0).double()
+
+
+def _margin(logits: torch.Tensor) -> torch.Tensor:
+    top = logits.double().topk(2, dim=1).values
+    return top[:, 0] - top[:, 1]
+
+
+@dataclass
+class CurveComparison:
+    """The outcome of :func:`compare_curves` (see the module docstring for the rule)."""
+
+    levels: int = 0
+    levels_differing: int = 0
+    examples_differing: int = 0
+    near_ties: int = 0
+    float64_agrees_with_reference: int = 0
+    max_loss_diff: float = 0.0
+    loss_atol: float = 1e-5
+    #: differing levels whose recomputed predictions do not reproduce both results' accuracies
+    inconsistent: int = 0
+    details: list = field(default_factory=list)  # (order, repeat, k, example, margin, bound, fast, ref, f64)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.max_loss_diff <= self.loss_atol
+            and self.inconsistent == 0
+            and self.near_ties == self.examples_differing
+            and self.float64_agrees_with_reference == self.examples_differing
+        )
+
+    def summary(self) -> str:
+        return (
+            f"{self.levels_differing} of {self.levels} levels differ; {self.examples_differing} examples "
+            f"predicted differently, {self.near_ties} of them near-ties, float64 agrees with the reference "
+            f"on {self.float64_agrees_with_reference}; max loss difference {self.max_loss_diff:.2g} "
+            f"(<= {self.loss_atol:g}); {self.inconsistent} levels not reproduced: {'agree' if self.ok else 'DIFFER'}"
+        )
+
+
+def compare_curves(model, data, result, reference, *, stats_data=None, batch_size=None, memory_budget=None,
+                   loss_atol: float = 1e-5) -> CurveComparison:
+    """Compare two :class:`~.ablation.AblationResult` of the same call (``result`` from ``method="fast"``,
+    ``reference`` from ``method="reference"``) on ``data``; see the module docstring for the rule.
+
+    ``stats_data`` / ``batch_size`` / ``memory_budget``: as given to both calls.
+    """
+    from singledir.reliance.common import layer_plans, prepare, unit_means
+    from singledir.reliance.evaluators import make_evaluator
+    from singledir.reliance.hooks import edit_outputs, model_guard
+    from singledir.reliance.inputs import ModelInput, as_batches
+    from singledir.reliance.plan import Curve, LayerPlan
+
+    a, b = result.curves, reference.curves
+    if list(a[["order", "repeat", "k"]].itertuples(index=False)) != list(b[["order", "repeat", "k"]].itertuples(index=False)):
+        raise ValueError("the two results have different curves or levels; compare results of the same call")
+    out = CurveComparison(levels=len(a), loss_atol=loss_atol)
+    out.max_loss_diff = float(np.abs(a["loss"].to_numpy() - b["loss"].to_numpy()).max())
+    differ = np.flatnonzero(a["accuracy"].to_numpy() != b["accuracy"].to_numpy())
+    out.levels_differing = len(differ)
+    if not len(differ):
+        return out
+    meta = result.meta
+    if meta["method"] != "fast":
+        raise ValueError(f"compare_curves needs a method='fast' result, got {meta['method']!r}")
+    n = meta["n_examples"]
+    by_curve: dict = {}
+    for i in differ:
+        row = a.iloc[i]
+        counts = (int(round(row["accuracy"] * n)), int(round(b.iloc[i]["accuracy"] * n)))
+        by_curve.setdefault((row["order"], int(row["repeat"])), []).append((int(row["k"]), counts))
+    with model_guard(model), torch.no_grad():
+        prepared = prepare(model, data, meta["layers"], batch_size)
+        stats = None if stats_data is None else as_batches(stats_data, batch_size)
+        index = {n: i for i, n in enumerate(prepared.layers)}
+        clamp = meta["clamp"]
+        base_plans = layer_plans(model, prepared, clamp if meta["basis"] == "units" else "zero", stats)
+        centers = unit_means(model, prepared, stats) if meta["basis"] == "random" and clamp == "mean" else None
+        model64 = copy.deepcopy(model).double()
+        feed32, feed64 = ModelInput(model), ModelInput(model64)
+        ys = torch.cat([y for _x, y in prepared.batches])
+        for (order, rep), ks in by_curve.items():
+            plans = base_plans
+            if meta["basis"] == "random":
+                dirs = result.directions[(order, rep)]
+                plans = [LayerPlan(p.name, p.units, torch.zeros(p.units), dirs[p.name],
+                                   None if centers is None else centers[p.name].float()) for p in base_plans]
+            seq = [(index[layer], u) for layer, u in result.sequences[(order, rep)]]
+            curve = Curve(seq, list(meta["levels"]), plans, order, rep)
+            ev = make_evaluator(meta["method"], model, prepared.batches, plans, memory_budget)
+            watch = {(0, curve.levels.index(k)) for k, _c in ks}
+            ev.cumulative([curve], watch=watch)
+            for k, (fast_c, ref_c) in ks:
+                fast_pred = ev.watched[(0, curve.levels.index(k))].argmax(1).cpu()
+                ablated = curve.units_between(0, k)
+                logits = {}
+                for name, m, feed in (("f32", model, feed32), ("f64", model64, feed64)):
+                    edits = {plans[li].name: plans[li].edit(us) for li, us in ablated.items()}
+                    with edit_outputs(m, edits):
+                        logits[name] = torch.cat([m(feed(x)).cpu() for x, _y in prepared.batches])
+                ref_pred = logits["f32"].argmax(1)
+                f64_pred = logits["f64"].argmax(1)
+                margin, bound = _margin(logits["f32"]), near_tie_bound(logits["f32"])
+                if int((fast_pred == ys).sum()) != fast_c or int((ref_pred == ys).sum()) != ref_c:
+                    out.inconsistent += 1
+                for e in torch.nonzero(fast_pred != ref_pred).flatten().tolist():
+                    out.examples_differing += 1
+                    out.near_ties += int(margin[e] <= bound[e])
+                    out.float64_agrees_with_reference += int(f64_pred[e] == ref_pred[e])
+                    out.details.append((order, rep, k, e, float(margin[e]), float(bound[e]), int(fast_pred[e]),
+                                        int(ref_pred[e]), int(f64_pred[e]), int(ys[e])))
+        del model64
+    return out
