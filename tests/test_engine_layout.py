@@ -19,6 +19,7 @@ import singledir as sd
 from singledir.errors import SingledirError
 from singledir.models import build_model
 from singledir.reliance.fast import FastEvaluator
+from singledir.reliance.fast.walk import LevelWalk
 from singledir.reliance.fast.layout import ANCHOR_EVERY, AnchoredSum
 from singledir.reliance.fast.scoring import example_scores, score_logits
 from singledir.reliance.common import layer_plans, prepare
@@ -215,3 +216,33 @@ def test_prefix_runs_once_across_base_and_importance_and_equals_uncached(data, m
     assert 0 < rerun < len(data[1])  # the chunks that did not fit a quarter of the budget ran twice
     np.testing.assert_array_equal(cached.accuracy_drop.to_numpy(), uncached.accuracy_drop.to_numpy())
     np.testing.assert_allclose(cached.loss_increase.to_numpy(), uncached.loss_increase.to_numpy(), atol=1e-6)
+
+
+def test_walk_runs_on_its_own_thread_count_and_restores_the_callers(data, monkeypatch):
+    model, layers = mlp(), ["hidden.0", "hidden.1"]
+    assert evaluator(model, data, layers).threads == 1  # no convolution recomputed: one thread
+    conv = build_model("convnet", (1, 8, 8), 10, width_mult=0.0625, seed=0).eval()
+    assert evaluator(conv, data, [conv.unit_layers[5]]).threads is None  # convolutions: the caller's count
+    assert evaluator(conv, data, [conv.unit_layers[-1]]).threads == 1
+    seen = []
+    real = LevelWalk.advance
+
+    def spy(self, new):
+        seen.append(torch.get_num_threads())
+        return real(self, new)
+
+    def boom(self, new):
+        raise RuntimeError("boom")
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(LevelWalk, "advance", spy)
+        sd.ablation_curves(model, data, layers, repeats=1, levels=[0, 5, 10], progress=False)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        monkeypatch.setattr(LevelWalk, "advance", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            sd.ablation_curves(model, data, layers, repeats=1, levels=[0, 5, 10], progress=False)
+        assert torch.get_num_threads() == 2  # restored after the exception too
+    finally:
+        torch.set_num_threads(before)

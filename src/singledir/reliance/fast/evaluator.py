@@ -61,6 +61,7 @@ from singledir.reliance.fast.layout import (
     nbytes,
 )
 from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, example_scores, score_logits
+from singledir.reliance.fast.threads import torch_threads, walk_threads
 from singledir.reliance.fast.walk import ChainUpdates, LevelWalk, SingleAblation
 from singledir.reliance.inputs import ModelInput, check_finite
 from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET, check_logits
@@ -143,6 +144,8 @@ class FastEvaluator:
             if len(users) == 1 and users[0] in self.linear_nodes and users[0].args[0] is m:
                 self.folded_markers[m] = users[0]
         self.updates = ChainUpdates(self)
+        #: intra-op threads of the walks (None: the caller's; :mod:`.threads` says why and when 1)
+        self.threads = walk_threads(self.split)
         self._prefix_cache: dict = {}
         self._prefix_bytes = 0
 
@@ -352,10 +355,12 @@ class FastEvaluator:
             check_finite(env[m], f"the output of layer {self.split.marker_layer[m]!r}")
         return env
 
-
-    # ---------------------------------------------------------------- evaluator interface
     # ---------------------------------------------------------------- evaluator interface
     def base(self):
+        with torch_threads(self.threads):
+            return self._base()
+
+    def _base(self):
         correct, loss = 0, 0.0
         for start, x, y in example_chunks(self.batches, self.chunk):
             env = self._base_env(start, x)
@@ -364,8 +369,11 @@ class FastEvaluator:
             loss += lo
         return correct, loss
 
-
     def cumulative(self, curves, watch=None):
+        with torch_threads(self.threads):
+            return self._cumulative(curves, watch)
+
+    def _cumulative(self, curves, watch=None):
         """``watch``: optional set of ``(curve index, level index)``; the logits of those levels are kept,
         concatenated over chunks, in ``self.watched`` (for :mod:`singledir.reliance.testing`)."""
         res = [(np.zeros(len(c.levels), dtype=np.int64), np.zeros(len(c.levels))) for c in curves]
@@ -413,6 +421,10 @@ class FastEvaluator:
         return res
 
     def singles(self, plans, units):
+        with torch_threads(self.threads):
+            return self._singles(plans, units)
+
+    def _singles(self, plans, units):
         correct = np.zeros(len(units), dtype=np.int64)
         loss = np.zeros(len(units))
         with tqdm(total=self.nchunks() * len(units), desc="importance", disable=not self.progress, leave=False) as bar:
@@ -435,35 +447,60 @@ class FastEvaluator:
                     bar.update(1)
         return correct, loss
 
-    def noise(self, plan):
+    def noise(self, plan, watch=None):
+        with torch_threads(self.threads):
+            return self._noise(plan, watch)
+
+    def _noise(self, plan, watch=None):
+        """Noise at every marker, the rest recomputed per (repeat, scale) from the cached prefix: column-major
+        when the walks are (:mod:`.layout`), into walk-owned buffers, scored in batches (:mod:`.scoring`).
+        ``watch``: optional set of ``(repeat, scale index)`` whose logits are kept in ``self.watched``."""
         shape = (plan.repeats, len(plan.scales))
         correct = np.zeros(shape, dtype=np.int64)
         loss = np.zeros(shape)
         rest = self.split.rest
+        self.watched = {key: [] for key in (watch or ())}
         with tqdm(total=self.nchunks() * shape[0] * shape[1], desc="noise", disable=not self.progress, leave=False) as bar:
             for start, x, y in example_chunks(self.batches, self.chunk):
                 y = y.to(self.device)
                 cache = self._prefix(start, x)
+                if self.colmajor:
+                    cache = self.to_colmajor(cache)
                 n = x.shape[0]
+                bufs: dict = {}  # each configuration starts from the cache and writes into these
+                queue = None
+                if self.colmajor and n > 1:
+                    size = max(1, min(32, SCORE_RING // max(1, n * self.shapes[self.out_node][1] * 4)))
+                    queue = ScoreQueue(y, self.shapes[self.out_node][1], self.dtypes[self.out_node], size)
                 for r in range(plan.repeats):
-                    zs: dict = {}
+                    zs: dict = {}  # z depends on (seed, repeat, layer, example index) only: shared by all scales
                     for s, scale in enumerate(plan.scales):
-                        specs = [NoiseSpec(plan.sigmas[i], float(scale), key=plan.key(r, i)) for i in range(len(self.names))]
+                        stds = [NoiseSpec(plan.sigmas[i], float(scale)).std for i in range(len(self.names))]
 
-                        def noise_fn(li, h, specs=specs, zs=zs, start=start, n=n):
-                            # z depends on (seed, repeat, layer, example index) only; shared by all scales
-                            key = (li, tuple(h.shape[1:]))
+                        def noise_fn(li, h, r=r, zs=zs, stds=stds, start=start, n=n):
+                            key = (li, tuple(h.shape[1:]), is_colmajor(h))
                             z = zs.get(key)
                             if z is None:
-                                z = example_noise(h.shape[1:], start, start + n, specs[li].key, dtype=h.dtype)
-                                z = zs[key] = z.to(h.device)
-                            return apply_noise(h, z, specs[li].std)
+                                z = example_noise(h.shape[1:], start, start + n, plan.key(r, li), dtype=h.dtype)
+                                z = z.to(h.device)
+                                zs[key] = z = colmajor_copy(z) if key[2] else z
+                            return apply_noise(h, z, stds[li])
 
                         env = dict(cache)
-                        self.run_rest(env, rest, noise_fn=noise_fn)
-                        c, lo = score_logits(env[self.out_node], y)
-                        correct[r, s] += c
-                        loss[r, s] += lo
+                        self.run_rest(env, rest, noise_fn=noise_fn, bufs=bufs)
+                        logits = env[self.out_node]
+                        if (r, s) in self.watched:
+                            self.watched[(r, s)].append(logits.clone())
+                        if queue is not None:
+                            queue.push(logits, (r, s))
+                        else:
+                            c, lo = score_logits(logits, y)
+                            correct[r, s] += c
+                            loss[r, s] += lo
                         bar.update(1)
+                    if queue is not None:
+                        for (rr, ss), c, lo in queue.flush():
+                            correct[rr, ss] += c
+                            loss[rr, ss] += lo
+        self.watched = {key: torch.cat(v) for key, v in self.watched.items()}
         return correct, loss
-
