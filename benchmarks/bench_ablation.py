@@ -23,7 +23,8 @@ Cases (see benchmarks/README.md for the numbers and how to read them):
 Every case checks that the paths agree and prints it. Curves: by
 :func:`singledir.reliance.testing.compare_curves` -- accuracies equal except at near-ties (top-2 logit
 margin within ``NEAR_TIE_ULPS`` float32 ulps of the logits) that a float64 recomputation resolves to the
-reference; the near-tie counts are printed. Importance and noise: accuracies equal, losses within 1e-5.
+reference; the near-tie counts are printed (noise: ``compare_noise``, the same rule). Importance:
+accuracy drops equal, losses within 1e-5.
 
 Threads: ``--threads default,1`` (the default) runs every case at torch's default thread count and at one
 thread in one invocation and prints a table of the ratios for each.
@@ -62,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from singledir.reliance.testing import compare_curves, train_quick
+from singledir.reliance.testing import compare_curves, compare_noise, train_quick
 
 CAPTUM_HINT = (
     "Captum is not installed: the Captum column is skipped. Install it with\n"
@@ -157,7 +158,7 @@ def curve_case(name, model, data, layers, batch_size, target, methods, repeats=1
 
 
 def noise_case(name, model, data, layers, batch_size, target, methods, repeats=1):
-    """Noise curves (default scales and repeats) by each engine method; accuracies equal, losses 1e-5."""
+    """Noise curves (default scales and repeats) by each engine method; fast checked by ``compare_noise``."""
     import singledir as sd
 
     small = (data[0][:100], data[1][:100])
@@ -173,6 +174,13 @@ def noise_case(name, model, data, layers, batch_size, target, methods, repeats=1
         acc = float(np.abs(c.accuracy.to_numpy() - ref.accuracy.to_numpy()).max())
         loss = float(np.abs(c.loss.to_numpy() - ref.loss.to_numpy()).max())
         checks[m] = {"accuracy_max_abs_diff": acc, "loss_max_abs_diff": loss, "agree": acc == 0 and loss < 1e-5}
+        if m == "fast":
+            cmp = compare_noise(model, data, res[m], res["reference"], batch_size=batch_size)
+            checks[m].update({"levels_differing": cmp.levels_differing, "examples_differing": cmp.examples_differing,
+                              "near_ties": cmp.near_ties,
+                              "float64_agrees_with_reference": cmp.float64_agrees_with_reference,
+                              "inconsistent": cmp.inconsistent, "summary": cmp.summary(), "agree": cmp.ok,
+                              "details": cmp.details[:20]})
     return {
         "case": name, "kind": "noise", "layers": layers, "levels": len(ref), "examples": int(len(data[1])),
         "times_s": times, "all_times_s": every, "target_speedup": target,

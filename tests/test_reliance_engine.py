@@ -2,8 +2,9 @@
 
 Equality, for the MLP, the ConvNet with batch norm, the ResNet and a user-style model with branches and
 a skip connection: ablation curves agree by :func:`~singledir.reliance.testing.compare_curves` (equal
-accuracies except at near-ties that float64 resolves to the reference, losses within 1e-5);
-single-unit importance, noise and the batched hooks: accuracies exactly equal, losses within 1e-5.
+accuracies except at near-ties that float64 resolves to the reference, losses within 1e-5), noise
+curves by ``compare_noise`` (the same rule); single-unit importance and the batched hooks: accuracies
+exactly equal, losses within 1e-5.
 Also the batched-hook fallback (untraceable model, with its warning and recorded path), example chunking
 under a small memory budget, data read once (shuffled DataLoaders), inputs moved to the model's device /
 dtype on every path, and the building blocks in hooks.py / edits.py / units.py / inputs.py / fast/graph.py.
@@ -32,6 +33,7 @@ from singledir.reliance.testing import (
     UserNet,
     assert_unchanged,
     compare_curves,
+    compare_noise,
     digits,
     near_tie_bound,
     randomize_batchnorm,
@@ -121,7 +123,8 @@ def test_noise_fast_equals_reference(kind, data):
     ref = sd.noise_curves(model, data, layers, method="reference", **kw)
     assert_unchanged(model, snap)
     assert fast.meta["method"] == "fast"
-    assert_same(fast.curves, ref.curves)
+    cmp = compare_noise(model, data, fast, ref)
+    assert cmp.ok, cmp.summary()
 
 
 def test_importance_mean_clamp_fast_equals_reference(data):
@@ -439,8 +442,13 @@ def test_unusual_graphs_equal_reference(factory, layers, method, data):
     assert_same(sd.unit_importance(model, d, layers, progress=False),
                 sd.unit_importance(model, d, layers, progress=False, method="reference"))
     nkw = dict(scales=[0.5, 2.0], repeats=1, progress=False)
-    assert_same(sd.noise_curves(model, d, layers, **nkw).curves,
-                sd.noise_curves(model, d, layers, method="reference", **nkw).curves)
+    nfast = sd.noise_curves(model, d, layers, **nkw)
+    nref = sd.noise_curves(model, d, layers, method="reference", **nkw)
+    if method == "fast":
+        cmp = compare_noise(model, d, nfast, nref)
+        assert cmp.ok, cmp.summary()
+    else:
+        assert_same(nfast.curves, nref.curves)
     assert_unchanged(model, snap)
 
 
@@ -576,6 +584,14 @@ def test_compare_curves_accepts_equal_and_rejects_unexplained_differences(data):
     lossy = copy.deepcopy(ref)
     lossy.curves.loc[1, "loss"] += 1e-3
     assert not compare_curves(model, data, fast, lossy).ok
+    nkw = dict(scales=[0.3, 3.0], repeats=2, progress=False)
+    nfast = sd.noise_curves(model, data, layers, **nkw)
+    nref = sd.noise_curves(model, data, layers, method="reference", **nkw)
+    assert compare_noise(model, data, nfast, nref).ok
+    ntampered = copy.deepcopy(nref)
+    ntampered.curves.loc[3, "accuracy"] -= 1 / N
+    nbad = compare_noise(model, data, nfast, ntampered)
+    assert nbad.levels_differing == 1 and nbad.inconsistent == 1 and not nbad.ok
 
 
 def test_near_tie_bound_scales_with_the_logits():

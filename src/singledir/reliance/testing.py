@@ -12,9 +12,9 @@ Offers:
 - :func:`train_quick` -- a few epochs of Adam, seeded.
 - :func:`randomize_batchnorm` -- give every batch norm layer non-trivial running statistics and affine
   parameters (so eval-mode batch norm is not the identity in tests).
-- :func:`compare_curves` / :class:`CurveComparison` -- what "the fast path equals the reference" means for
-  ablation curves (used by the tests and ``benchmarks/bench_ablation.py``), with :func:`near_tie_bound`
-  and :data:`NEAR_TIE_ULPS`.
+- :func:`compare_curves`, :func:`compare_noise` / :class:`CurveComparison` -- what "the fast path equals
+  the reference" means for ablation and noise curves (used by the tests and
+  ``benchmarks/bench_ablation.py``), with :func:`near_tie_bound` and :data:`NEAR_TIE_ULPS`.
 
 Equality of two paths, honestly. Both paths compute every logit in float32, but with different summation
 orders (BLAS blocking, the fast path's incremental accumulators: up to ``ANCHOR_EVERY - 1`` = 15 float32
@@ -49,6 +49,7 @@ __all__ = [
     "ControlFlowNet",
     "CurveComparison",
     "compare_curves",
+    "compare_noise",
     "UserNet",
     "assert_unchanged",
     "digits",
@@ -188,6 +189,20 @@ def _margin(logits: torch.Tensor) -> torch.Tensor:
     return top[:, 0] - top[:, 1]
 
 
+def _judge(out, where, fast_pred, ref32, ref64, ys, fast_c: int, ref_c: int) -> None:
+    """Add one differing level's examples to ``out`` (see the module docstring for the rule)."""
+    ref_pred, f64_pred = ref32.argmax(1), ref64.argmax(1)
+    margin, bound = _margin(ref32), near_tie_bound(ref32)
+    if int((fast_pred == ys).sum()) != fast_c or int((ref_pred == ys).sum()) != ref_c:
+        out.inconsistent += 1
+    for e in torch.nonzero(fast_pred != ref_pred).flatten().tolist():
+        out.examples_differing += 1
+        out.near_ties += int(margin[e] <= bound[e])
+        out.float64_agrees_with_reference += int(f64_pred[e] == ref_pred[e])
+        out.details.append((*where, e, float(margin[e]), float(bound[e]), int(fast_pred[e]), int(ref_pred[e]),
+                            int(f64_pred[e]), int(ys[e])))
+
+
 @dataclass
 class CurveComparison:
     """The outcome of :func:`compare_curves` (see the module docstring for the rule)."""
@@ -201,7 +216,9 @@ class CurveComparison:
     loss_atol: float = 1e-5
     #: differing levels whose recomputed predictions do not reproduce both results' accuracies
     inconsistent: int = 0
-    details: list = field(default_factory=list)  # (order, repeat, k, example, margin, bound, fast, ref, f64)
+    #: (where..., example, margin, bound, fast prediction, reference prediction, float64 prediction, label);
+    #: where = (order, repeat, k) for curves, (repeat, scale) for noise
+    details: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -281,16 +298,70 @@ def compare_curves(model, data, result, reference, *, stats_data=None, batch_siz
                     edits = {plans[li].name: plans[li].edit(us) for li, us in ablated.items()}
                     with edit_outputs(m, edits):
                         logits[name] = torch.cat([m(feed(x)).cpu() for x, _y in prepared.batches])
-                ref_pred = logits["f32"].argmax(1)
-                f64_pred = logits["f64"].argmax(1)
-                margin, bound = _margin(logits["f32"]), near_tie_bound(logits["f32"])
-                if int((fast_pred == ys).sum()) != fast_c or int((ref_pred == ys).sum()) != ref_c:
-                    out.inconsistent += 1
-                for e in torch.nonzero(fast_pred != ref_pred).flatten().tolist():
-                    out.examples_differing += 1
-                    out.near_ties += int(margin[e] <= bound[e])
-                    out.float64_agrees_with_reference += int(f64_pred[e] == ref_pred[e])
-                    out.details.append((order, rep, k, e, float(margin[e]), float(bound[e]), int(fast_pred[e]),
-                                        int(ref_pred[e]), int(f64_pred[e]), int(ys[e])))
+                _judge(out, (order, rep, k), fast_pred, logits["f32"], logits["f64"], ys, fast_c, ref_c)
+        del model64
+    return out
+
+
+def compare_noise(model, data, result, reference, *, batch_size=None, memory_budget=None,
+                  loss_atol: float = 1e-5) -> CurveComparison:
+    """:func:`compare_curves` for two :class:`~.noise.NoiseResult` of the same call (``result`` from
+    ``method="fast"``, ``reference`` from ``method="reference"``); the noise stds are read from
+    ``result.meta["sigma"]``. The float64 recomputation uses the same float32 noise draws, widened."""
+    from singledir.reliance.common import layer_plans, prepare
+    from singledir.reliance.edits import NoiseSpec, apply_noise, example_noise
+    from singledir.reliance.evaluators import make_evaluator
+    from singledir.reliance.hooks import edit_outputs, model_guard
+    from singledir.reliance.inputs import ModelInput
+    from singledir.reliance.plan import NoisePlan
+
+    a, b = result.curves, reference.curves
+    if list(a[["repeat", "scale"]].itertuples(index=False)) != list(b[["repeat", "scale"]].itertuples(index=False)):
+        raise ValueError("the two results have different repeats or scales; compare results of the same call")
+    out = CurveComparison(levels=len(a), loss_atol=loss_atol)
+    out.max_loss_diff = float(np.abs(a["loss"].to_numpy() - b["loss"].to_numpy()).max())
+    differ = np.flatnonzero(a["accuracy"].to_numpy() != b["accuracy"].to_numpy())
+    out.levels_differing = len(differ)
+    if not len(differ):
+        return out
+    meta = result.meta
+    if meta["method"] != "fast":
+        raise ValueError(f"compare_noise needs a method='fast' result, got {meta['method']!r}")
+    n, scales = meta["n_examples"], list(meta["scales"])
+    todo = []
+    for i in differ:
+        row = a.iloc[i]
+        todo.append((int(row["repeat"]), scales.index(float(row["scale"])), int(round(row["accuracy"] * n)),
+                     int(round(b.iloc[i]["accuracy"] * n))))
+    with model_guard(model), torch.no_grad():
+        prepared = prepare(model, data, meta["layers"], batch_size)
+        plan = NoisePlan([meta["sigma"][name] for name in prepared.layers], scales, meta["repeats"], meta["seed"],
+                         list(prepared.layers))
+        ev = make_evaluator("fast", model, prepared.batches, layer_plans(model, prepared, "zero"), memory_budget)
+        ev.noise(plan, watch={(r, s) for r, s, _f, _r in todo})
+        model64 = copy.deepcopy(model).double()
+        ys = torch.cat([y for _x, y in prepared.batches])
+        for r, s, fast_c, ref_c in todo:
+            logits = {}
+            for name, m in (("f32", model), ("f64", model64)):
+                feed, pos = ModelInput(m), {"start": 0}
+
+                def make(li, std, pos=pos):
+                    def edit(h):  # the float32 draw of every path, widened for the float64 model
+                        z = example_noise(h.shape[1:], pos["start"], pos["start"] + h.shape[0], plan.key(r, li))
+                        return apply_noise(h, z.to(h.device, h.dtype), std)
+
+                    return edit
+
+                edits = {layer: make(li, NoiseSpec(plan.sigmas[li], float(scales[s])).std)
+                         for li, layer in enumerate(prepared.layers)}
+                parts = []
+                with edit_outputs(m, edits):
+                    for x, _y in prepared.batches:
+                        parts.append(m(feed(x)).cpu())
+                        pos["start"] += x.shape[0]
+                logits[name] = torch.cat(parts)
+            fast_pred = ev.watched[(r, s)].argmax(1).cpu()
+            _judge(out, (r, scales[s]), fast_pred, logits["f32"], logits["f64"], ys, fast_c, ref_c)
         del model64
     return out
