@@ -140,11 +140,7 @@ def curve_case(name, model, data, layers, batch_size, target, methods, repeats=1
         }
         if m == "fast":
             cmp = compare_curves(model, data, res[m], res["reference"], batch_size=batch_size)
-            checks[m].update({"levels_differing": cmp.levels_differing, "examples_differing": cmp.examples_differing,
-                              "near_ties": cmp.near_ties,
-                              "float64_agrees_with_reference": cmp.float64_agrees_with_reference,
-                              "inconsistent": cmp.inconsistent, "summary": cmp.summary(), "agree": cmp.ok,
-                              "details": cmp.details[:20]})
+            checks[m].update(_comparison(cmp))
         else:
             checks[m]["agree"] = checks[m]["accuracy_max_abs_diff"] == 0 and checks[m]["loss_max_abs_diff"] < 1e-5
     levels = len(ref)
@@ -155,6 +151,13 @@ def curve_case(name, model, data, layers, batch_size, target, methods, repeats=1
         "equal": all(v["agree"] for v in checks.values()),
         "checks": checks,
     }
+
+
+def _comparison(cmp) -> dict:
+    """The JSON-able counts of a ``compare_curves`` / ``compare_noise`` result."""
+    return {"levels_differing": cmp.levels_differing, "examples_differing": cmp.examples_differing,
+            "near_ties": cmp.near_ties, "float64_agrees_with_reference": cmp.float64_agrees_with_reference,
+            "inconsistent": cmp.inconsistent, "summary": cmp.summary(), "agree": cmp.ok, "details": cmp.details[:20]}
 
 
 def noise_case(name, model, data, layers, batch_size, target, methods, repeats=1):
@@ -176,11 +179,7 @@ def noise_case(name, model, data, layers, batch_size, target, methods, repeats=1
         checks[m] = {"accuracy_max_abs_diff": acc, "loss_max_abs_diff": loss, "agree": acc == 0 and loss < 1e-5}
         if m == "fast":
             cmp = compare_noise(model, data, res[m], res["reference"], batch_size=batch_size)
-            checks[m].update({"levels_differing": cmp.levels_differing, "examples_differing": cmp.examples_differing,
-                              "near_ties": cmp.near_ties,
-                              "float64_agrees_with_reference": cmp.float64_agrees_with_reference,
-                              "inconsistent": cmp.inconsistent, "summary": cmp.summary(), "agree": cmp.ok,
-                              "details": cmp.details[:20]})
+            checks[m].update(_comparison(cmp))
     return {
         "case": name, "kind": "noise", "layers": layers, "levels": len(ref), "examples": int(len(data[1])),
         "times_s": times, "all_times_s": every, "target_speedup": target,

@@ -189,6 +189,21 @@ def _margin(logits: torch.Tensor) -> torch.Tensor:
     return top[:, 0] - top[:, 1]
 
 
+def _differing(result, reference, keys, loss_atol):
+    """A new :class:`CurveComparison` of two results (rows aligned on ``keys``) and the rows whose
+    accuracies differ; checks that both come from the same call and ``result`` from the fast path."""
+    a, b = result.curves, reference.curves
+    if list(a[keys].itertuples(index=False)) != list(b[keys].itertuples(index=False)):
+        raise ValueError(f"the two results differ in {', '.join(keys)}; compare results of the same call")
+    out = CurveComparison(levels=len(a), loss_atol=loss_atol)
+    out.max_loss_diff = float(np.abs(a["loss"].to_numpy() - b["loss"].to_numpy()).max())
+    differ = np.flatnonzero(a["accuracy"].to_numpy() != b["accuracy"].to_numpy())
+    out.levels_differing = len(differ)
+    if len(differ) and result.meta["method"] != "fast":
+        raise ValueError(f"per-example comparison needs a method='fast' result, got {result.meta['method']!r}")
+    return out, differ
+
+
 def _judge(out, where, fast_pred, ref32, ref64, ys, fast_c: int, ref_c: int) -> None:
     """Add one differing level's examples to ``out`` (see the module docstring for the rule)."""
     ref_pred, f64_pred = ref32.argmax(1), ref64.argmax(1)
@@ -252,17 +267,10 @@ def compare_curves(model, data, result, reference, *, stats_data=None, batch_siz
     from singledir.reliance.plan import Curve, LayerPlan
 
     a, b = result.curves, reference.curves
-    if list(a[["order", "repeat", "k"]].itertuples(index=False)) != list(b[["order", "repeat", "k"]].itertuples(index=False)):
-        raise ValueError("the two results have different curves or levels; compare results of the same call")
-    out = CurveComparison(levels=len(a), loss_atol=loss_atol)
-    out.max_loss_diff = float(np.abs(a["loss"].to_numpy() - b["loss"].to_numpy()).max())
-    differ = np.flatnonzero(a["accuracy"].to_numpy() != b["accuracy"].to_numpy())
-    out.levels_differing = len(differ)
+    out, differ = _differing(result, reference, ["order", "repeat", "k"], loss_atol)
     if not len(differ):
         return out
     meta = result.meta
-    if meta["method"] != "fast":
-        raise ValueError(f"compare_curves needs a method='fast' result, got {meta['method']!r}")
     n = meta["n_examples"]
     by_curve: dict = {}
     for i in differ:
@@ -316,17 +324,10 @@ def compare_noise(model, data, result, reference, *, batch_size=None, memory_bud
     from singledir.reliance.plan import NoisePlan
 
     a, b = result.curves, reference.curves
-    if list(a[["repeat", "scale"]].itertuples(index=False)) != list(b[["repeat", "scale"]].itertuples(index=False)):
-        raise ValueError("the two results have different repeats or scales; compare results of the same call")
-    out = CurveComparison(levels=len(a), loss_atol=loss_atol)
-    out.max_loss_diff = float(np.abs(a["loss"].to_numpy() - b["loss"].to_numpy()).max())
-    differ = np.flatnonzero(a["accuracy"].to_numpy() != b["accuracy"].to_numpy())
-    out.levels_differing = len(differ)
+    out, differ = _differing(result, reference, ["repeat", "scale"], loss_atol)
     if not len(differ):
         return out
     meta = result.meta
-    if meta["method"] != "fast":
-        raise ValueError(f"compare_noise needs a method='fast' result, got {meta['method']!r}")
     n, scales = meta["n_examples"], list(meta["scales"])
     todo = []
     for i in differ:

@@ -41,7 +41,6 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from singledir.errors import SingledirError
-from singledir.reliance.edits import NoiseSpec, apply_noise, example_noise
 from singledir.reliance.fast.graph import (
     Split,
     TraceFailed,
@@ -61,6 +60,7 @@ from singledir.reliance.fast.layout import (
     nbytes,
 )
 from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, example_scores, score_logits
+from singledir.reliance.fast.noise import noise_counts
 from singledir.reliance.fast.threads import torch_threads, walk_threads
 from singledir.reliance.fast.walk import ChainUpdates, LevelWalk, SingleAblation
 from singledir.reliance.inputs import ModelInput, check_finite
@@ -328,6 +328,11 @@ class FastEvaluator:
     def to_colmajor(self, cache: dict) -> dict:
         return {k: colmajor_copy(v) if self._colmajor_ok(k, v) else v for k, v in cache.items()}
 
+    def cached_prefix(self, start: int, x) -> dict:
+        """:meth:`_prefix`, column-major when the walks are."""
+        env = self._prefix(start, x)
+        return self.to_colmajor(env) if self.colmajor else env
+
     def _prefix(self, start: int, x) -> dict:
         """The prefix values (row-major) of the chunk starting at example ``start``.
 
@@ -344,7 +349,7 @@ class FastEvaluator:
             self._prefix_bytes += size
         return dict(cache)
 
-    def _base_env(self, start, x, colmajor: bool | None = None):
+    def base_env(self, start, x, colmajor: bool | None = None):
         """Prefix cache plus the unablated rest for the chunk ``x`` starting at example ``start``
         (column-major if ``self.colmajor``, or as ``colmajor`` says)."""
         env = self._prefix(start, x)
@@ -363,7 +368,7 @@ class FastEvaluator:
     def _base(self):
         correct, loss = 0, 0.0
         for start, x, y in example_chunks(self.batches, self.chunk):
-            env = self._base_env(start, x)
+            env = self.base_env(start, x)
             c, lo = score_logits(env[self.out_node], y.to(self.device))
             correct += c
             loss += lo
@@ -382,7 +387,7 @@ class FastEvaluator:
         with tqdm(total=total, desc="ablation", disable=not self.progress, leave=False) as bar:
             for start, x, y in example_chunks(self.batches, self.chunk):
                 y = y.to(self.device)
-                base_env = self._base_env(start, x)
+                base_env = self.base_env(start, x)
                 base_cv, base_lv = example_scores(base_env[self.out_node], y)
                 bufs: dict = {}  # reused by each curve's walk (a walk starts from base_env, never from these)
                 queue = None
@@ -430,7 +435,7 @@ class FastEvaluator:
         with tqdm(total=self.nchunks() * len(units), desc="importance", disable=not self.progress, leave=False) as bar:
             for start, x, y in example_chunks(self.batches, self.chunk):
                 y = y.to(self.device)
-                base_env = self._base_env(start, x, colmajor=False)  # row-major (this module's docstring)
+                base_env = self.base_env(start, x, colmajor=False)  # row-major (this module's docstring)
                 base_cv, base_lv = example_scores(base_env[self.out_node], y)
                 base_c, base_l = int(base_cv.sum()), float(base_lv.sum())
                 single = SingleAblation(self, base_env, plans)
@@ -448,59 +453,6 @@ class FastEvaluator:
         return correct, loss
 
     def noise(self, plan, watch=None):
+        """Noise curves (:mod:`.noise`); ``watch``: ``(repeat, scale index)`` pairs kept in ``self.watched``."""
         with torch_threads(self.threads):
-            return self._noise(plan, watch)
-
-    def _noise(self, plan, watch=None):
-        """Noise at every marker, the rest recomputed per (repeat, scale) from the cached prefix: column-major
-        when the walks are (:mod:`.layout`), into walk-owned buffers, scored in batches (:mod:`.scoring`).
-        ``watch``: optional set of ``(repeat, scale index)`` whose logits are kept in ``self.watched``."""
-        shape = (plan.repeats, len(plan.scales))
-        correct = np.zeros(shape, dtype=np.int64)
-        loss = np.zeros(shape)
-        rest = self.split.rest
-        self.watched = {key: [] for key in (watch or ())}
-        with tqdm(total=self.nchunks() * shape[0] * shape[1], desc="noise", disable=not self.progress, leave=False) as bar:
-            for start, x, y in example_chunks(self.batches, self.chunk):
-                y = y.to(self.device)
-                cache = self._prefix(start, x)
-                if self.colmajor:
-                    cache = self.to_colmajor(cache)
-                n = x.shape[0]
-                bufs: dict = {}  # each configuration starts from the cache and writes into these
-                queue = None
-                if self.colmajor and n > 1:
-                    size = max(1, min(32, SCORE_RING // max(1, n * self.shapes[self.out_node][1] * 4)))
-                    queue = ScoreQueue(y, self.shapes[self.out_node][1], self.dtypes[self.out_node], size)
-                for r in range(plan.repeats):
-                    zs: dict = {}  # z depends on (seed, repeat, layer, example index) only: shared by all scales
-                    for s, scale in enumerate(plan.scales):
-                        stds = [NoiseSpec(plan.sigmas[i], float(scale)).std for i in range(len(self.names))]
-
-                        def noise_fn(li, h, r=r, zs=zs, stds=stds, start=start, n=n):
-                            key = (li, tuple(h.shape[1:]), is_colmajor(h))
-                            z = zs.get(key)
-                            if z is None:
-                                z = example_noise(h.shape[1:], start, start + n, plan.key(r, li), dtype=h.dtype)
-                                z = z.to(h.device)
-                                zs[key] = z = colmajor_copy(z) if key[2] else z
-                            return apply_noise(h, z, stds[li])
-
-                        env = dict(cache)
-                        self.run_rest(env, rest, noise_fn=noise_fn, bufs=bufs)
-                        logits = env[self.out_node]
-                        if (r, s) in self.watched:
-                            self.watched[(r, s)].append(logits.clone())
-                        if queue is not None:
-                            queue.push(logits, (r, s))
-                        else:
-                            c, lo = score_logits(logits, y)
-                            correct[r, s] += c
-                            loss[r, s] += lo
-                        bar.update(1)
-                    if queue is not None:
-                        for (rr, ss), c, lo in queue.flush():
-                            correct[rr, ss] += c
-                            loss[rr, ss] += lo
-        self.watched = {key: torch.cat(v) for key, v in self.watched.items()}
-        return correct, loss
+            return noise_counts(self, plan, watch)
