@@ -11,10 +11,9 @@ for its speed tricks beside its code:
 - :mod:`.layout` -- column-major 2-D activations, walk-owned buffers, folded clamps, anchored float32
   accumulators.
 - :mod:`.scoring` -- per-example and batched scoring of logits.
-
-Threads: the level walk issues many mid-sized ops. On a shared 2-core machine under load, two intra-op
-threads made both paths ~3-10x slower (OpenMP barriers wait for descheduled threads); with
-``torch.set_num_threads(1)`` the fast path stayed fast.
+- :mod:`.noise` -- noise curves: root linear consumers updated by one scaled term per noise scale.
+- :mod:`.threads` -- the walks' own intra-op thread count (one thread unless convolutions are
+  recomputed), the caller's restored afterwards.
 """
 
 from singledir.reliance.fast.evaluator import FastEvaluator

@@ -17,8 +17,9 @@ in :mod:`.layout`; scoring in :mod:`.scoring`.
 *Chunks.* Example chunks are sized so that the recomputed state of one chunk stays cache-sized
 (``_CACHE_TARGET``) and everything held stays within ``memory_budget``.
 
-*Noise* uses the same cached prefix (noise is added at every marker; the rest is recomputed per scale and
-repeat); its draws depend only on (seed, repeat, layer, example index), as in the reference.
+*Noise* (:mod:`.noise`) uses the same cached prefix, layout, buffers and batched scoring; its draws depend
+only on (seed, repeat, layer, example index), as in the reference. *Threads* (:mod:`.threads`): the walks
+run at their own intra-op thread count, the caller's restored afterwards.
 
 *Importance* (single-unit ablations) stays row-major, where row-sparse steps are faster (measured on the
 MLP's 128 hidden.0 units, 10k images: 0.56 s row-major vs 0.98 s column-major dense); there a narrow
@@ -310,6 +311,10 @@ class FastEvaluator:
         ch.units = c
         return True
 
+    def chunks(self):
+        """``(start, x, y)`` example chunks of ``self.chunk`` consecutive examples (:func:`example_chunks`)."""
+        return example_chunks(self.batches, self.chunk)
+
     def nchunks(self) -> int:
         n = sum(int(b[1].shape[0]) for b in self.batches)
         return max(1, math.ceil(n / self.chunk))
@@ -362,12 +367,8 @@ class FastEvaluator:
 
     # ---------------------------------------------------------------- evaluator interface
     def base(self):
-        with torch_threads(self.threads):
-            return self._base()
-
-    def _base(self):
         correct, loss = 0, 0.0
-        for start, x, y in example_chunks(self.batches, self.chunk):
+        for start, x, y in self.chunks():
             env = self.base_env(start, x)
             c, lo = score_logits(env[self.out_node], y.to(self.device))
             correct += c
@@ -375,81 +376,80 @@ class FastEvaluator:
         return correct, loss
 
     def cumulative(self, curves, watch=None):
-        with torch_threads(self.threads):
-            return self._cumulative(curves, watch)
-
-    def _cumulative(self, curves, watch=None):
         """``watch``: optional set of ``(curve index, level index)``; the logits of those levels are kept,
-        concatenated over chunks, in ``self.watched`` (for :mod:`singledir.reliance.testing`)."""
+        concatenated over chunks, in ``self.watched`` (for :mod:`singledir.reliance.testing`). The prefix
+        runs at the caller's thread count, the walks at ``self.threads`` (:mod:`.threads`)."""
         res = [(np.zeros(len(c.levels), dtype=np.int64), np.zeros(len(c.levels))) for c in curves]
         self.watched = {key: [] for key in (watch or ())}
         total = self.nchunks() * sum(len(c.levels) for c in curves)
         with tqdm(total=total, desc="ablation", disable=not self.progress, leave=False) as bar:
-            for start, x, y in example_chunks(self.batches, self.chunk):
+            for start, x, y in self.chunks():
                 y = y.to(self.device)
                 base_env = self.base_env(start, x)
-                base_cv, base_lv = example_scores(base_env[self.out_node], y)
+                base_scores = example_scores(base_env[self.out_node], y)
                 bufs: dict = {}  # reused by each curve's walk (a walk starts from base_env, never from these)
                 queue = None
                 if self.colmajor:  # no row-sparse steps: level totals suffice, scored in batches
                     out = base_env[self.out_node]
                     size = max(1, min(32, SCORE_RING // max(1, out.numel() * out.element_size())))
                     queue = ScoreQueue(y, out.shape[1], out.dtype, size)
-                for ci, curve in enumerate(curves):
-                    walk = LevelWalk(self, base_env, curve.plans, bufs)
-                    cv, lv = base_cv.clone(), base_lv.clone()
-                    k = 0
-                    for i, level in enumerate(curve.levels):
-                        if level > k:
-                            r = walk.advance(curve.units_between(k, level))
-                            if queue is None:  # (column-major walks are scored by the queue below)
-                                if r is None:
-                                    cv, lv = example_scores(walk.env[self.out_node], y)
-                                elif r[0].numel():
-                                    c_r, l_r = example_scores(r[1], y.index_select(0, r[0]))
-                                    cv.index_copy_(0, r[0], c_r)
-                                    lv.index_copy_(0, r[0], l_r)
-                            k = level
-                        if (ci, i) in self.watched:
-                            self.watched[(ci, i)].append(walk.env[self.out_node].clone())
-                        if queue is not None:
-                            queue.push(walk.env[self.out_node], i)
-                        else:
-                            res[ci][0][i] += int(cv.sum())
-                            res[ci][1][i] += float(lv.sum())
-                    if queue is not None:
-                        for i, c, lo in queue.flush():
-                            res[ci][0][i] += c
-                            res[ci][1][i] += lo
-                    bar.update(len(curve.levels))
+                with torch_threads(self.threads):
+                    for ci, curve in enumerate(curves):
+                        self._walk(ci, curve, LevelWalk(self, base_env, curve.plans, bufs), base_scores, y, queue,
+                                   res[ci])
+                        bar.update(len(curve.levels))
         self.watched = {key: torch.cat(v) for key, v in self.watched.items()}
         return res
 
-    def singles(self, plans, units):
-        with torch_threads(self.threads):
-            return self._singles(plans, units)
+    def _walk(self, ci, curve, walk, base_scores, y, queue, res) -> None:
+        """Walk one curve's levels on one chunk, adding each level's (correct, loss) to ``res``."""
+        cv, lv = base_scores[0].clone(), base_scores[1].clone()
+        k = 0
+        for i, level in enumerate(curve.levels):
+            if level > k:
+                r = walk.advance(curve.units_between(k, level))
+                if queue is None:  # (column-major walks are scored by the queue below)
+                    if r is None:
+                        cv, lv = example_scores(walk.env[self.out_node], y)
+                    elif r[0].numel():
+                        c_r, l_r = example_scores(r[1], y.index_select(0, r[0]))
+                        cv.index_copy_(0, r[0], c_r)
+                        lv.index_copy_(0, r[0], l_r)
+                k = level
+            if (ci, i) in self.watched:
+                self.watched[(ci, i)].append(walk.env[self.out_node].clone())
+            if queue is not None:
+                queue.push(walk.env[self.out_node], i)
+            else:
+                res[0][i] += int(cv.sum())
+                res[1][i] += float(lv.sum())
+        if queue is not None:
+            for i, c, lo in queue.flush():
+                res[0][i] += c
+                res[1][i] += lo
 
-    def _singles(self, plans, units):
+    def singles(self, plans, units):
         correct = np.zeros(len(units), dtype=np.int64)
         loss = np.zeros(len(units))
         with tqdm(total=self.nchunks() * len(units), desc="importance", disable=not self.progress, leave=False) as bar:
-            for start, x, y in example_chunks(self.batches, self.chunk):
+            for start, x, y in self.chunks():
                 y = y.to(self.device)
                 base_env = self.base_env(start, x, colmajor=False)  # row-major (this module's docstring)
                 base_cv, base_lv = example_scores(base_env[self.out_node], y)
                 base_c, base_l = int(base_cv.sum()), float(base_lv.sum())
                 single = SingleAblation(self, base_env, plans)
-                for i, (li, u) in enumerate(units):
-                    rows, out = single.run(li, u)
-                    if rows is None:
-                        c, lo = score_logits(out, y)
-                    else:
-                        c_r, l_r = example_scores(out, y.index_select(0, rows))
-                        c = base_c - int(base_cv.index_select(0, rows).sum()) + int(c_r.sum())
-                        lo = base_l - float(base_lv.index_select(0, rows).sum()) + float(l_r.sum())
-                    correct[i] += c
-                    loss[i] += lo
-                    bar.update(1)
+                with torch_threads(self.threads):
+                    for i, (li, u) in enumerate(units):
+                        rows, out = single.run(li, u)
+                        if rows is None:
+                            c, lo = score_logits(out, y)
+                        else:
+                            c_r, l_r = example_scores(out, y.index_select(0, rows))
+                            c = base_c - int(base_cv.index_select(0, rows).sum()) + int(c_r.sum())
+                            lo = base_l - float(base_lv.index_select(0, rows).sum()) + float(l_r.sum())
+                        correct[i] += c
+                        loss[i] += lo
+                        bar.update(1)
         return correct, loss
 
     def noise(self, plan, watch=None):

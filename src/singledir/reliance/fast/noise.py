@@ -66,7 +66,7 @@ def noise_counts(ev, plan, watch=None):
     unit_sigma = [NoiseSpec(s, 1.0).std for s in plan.sigmas]
     ev.watched = {key: [] for key in (watch or ())}
     with tqdm(total=ev.nchunks() * shape[0] * shape[1], desc="noise", disable=not ev.progress, leave=False) as bar:
-        for start, x, y in _chunks(ev):
+        for start, x, y in ev.chunks():
             y = y.to(ev.device)
             n = x.shape[0]
             env0 = ev.base_env(start, x) if inc else ev.cached_prefix(start, x)
@@ -120,8 +120,3 @@ def noise_counts(ev, plan, watch=None):
     ev.watched = {key: torch.cat(v) for key, v in ev.watched.items()}
     return correct, loss
 
-
-def _chunks(ev):
-    from singledir.reliance.fast.evaluator import example_chunks
-
-    return example_chunks(ev.batches, ev.chunk)
