@@ -12,6 +12,7 @@ Offers:
   space (random directions).
 - :class:`NoiseSpec`, :func:`example_noise`, :func:`apply_noise`, :data:`NOISE_BLOCK` -- Gaussian noise
   ``scale * sigma_j * z`` whose draw depends only on (key, example index), never on batching.
+- :func:`clear_noise_seed_cache` -- forget the cached seeds of noise blocks.
 - :func:`as_edit` -- a ClampSpec / ProjectSpec / list of unit indices as an edit function ``h -> h'``.
 - :func:`unit_shape` -- the broadcast shape of a per-unit vector against an activation.
 
@@ -41,6 +42,7 @@ __all__ = [
     "apply_noise",
     "apply_projection",
     "as_edit",
+    "clear_noise_seed_cache",
     "clamp_factors",
     "clamp_with",
     "example_noise",
@@ -189,6 +191,11 @@ NOISE_BLOCK = 32
 def _block_seed_cached(key: tuple, block: int) -> int:
     ss = np.random.SeedSequence([*key, block])
     return int(ss.generate_state(1, dtype=np.uint64)[0] & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def clear_noise_seed_cache() -> None:
+    """Forget the cached noise-block seeds (benchmarks time each path from a cold cache)."""
+    _block_seed_cached.cache_clear()
 
 
 def _block_seed(key: Sequence[int], block: int) -> int:
