@@ -23,8 +23,8 @@ Cases (see benchmarks/README.md for the numbers and how to read them):
 Every case checks that the paths agree and prints it. Curves: by
 :func:`singledir.reliance.testing.compare_curves` -- accuracies equal except at near-ties (top-2 logit
 margin within ``NEAR_TIE_ULPS`` float32 ulps of the logits) that a float64 recomputation resolves to the
-reference; the near-tie counts are printed (noise: ``compare_noise``, the same rule). Importance:
-accuracy drops equal, losses within 1e-5.
+reference; the near-tie counts are printed (noise: ``compare_noise``, importance:
+``compare_importance``, the same rule; Captum's accuracy drops must equal the reference's).
 
 Threads: ``--threads default,1`` (the default) runs every case at torch's default thread count and at one
 thread in one invocation and prints a table of the ratios for each.
@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from singledir.reliance.testing import compare_curves, compare_noise, train_quick
+from singledir.reliance.testing import compare_curves, compare_importance, compare_noise, train_quick
 
 CAPTUM_HINT = (
     "Captum is not installed: the Captum column is skipped. Install it with\n"
@@ -240,17 +240,24 @@ def importance_case(name, model, data, layer, batch_size, target, methods, use_c
         }
     out = {"case": name, "kind": "importance", "layers": [layer], "levels": len(ref), "examples": int(len(data[1])),
            "target_speedup": target}
+    for m in methods[1:]:
+        checks[m]["agree"] = (checks[m]["accuracy_drop_max_abs_diff"] < 1e-12
+                              and checks[m]["loss_increase_max_abs_diff"] < 1e-5)
+        if m == "fast":
+            cmp = compare_importance(model, data, res[m], ref, batch_size=batch_size)
+            checks[m].update(_comparison(cmp))
+            checks[m]["agree"] = cmp.ok and checks[m]["loss_increase_max_abs_diff"] < 1e-5
     if use_captum:
         cap = res["captum"]
-        checks["captum"] = {"accuracy_drop_max_abs_diff": float(np.abs(cap - ref.accuracy_drop.to_numpy()).max())}
+        drop = float(np.abs(cap - ref.accuracy_drop.to_numpy()).max())
+        checks["captum"] = {"accuracy_drop_max_abs_diff": drop, "agree": drop < 1e-12}
     out["times_s"] = times
     out["all_times_s"] = every
     out["speedup_fast_vs_reference"] = times["reference"] / times["fast"]
     if use_captum:
         out["speedup_fast_vs_captum"] = times["captum"] / times["fast"]
     out["checks"] = checks
-    out["equal"] = all(v["accuracy_drop_max_abs_diff"] < 1e-12 for v in checks.values()) and all(
-        v.get("loss_increase_max_abs_diff", 0.0) < 1e-5 for v in checks.values())
+    out["equal"] = all(v["agree"] for v in checks.values())
     return out
 
 

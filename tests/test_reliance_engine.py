@@ -3,8 +3,8 @@
 Equality, for the MLP, the ConvNet with batch norm, the ResNet and a user-style model with branches and
 a skip connection: ablation curves agree by :func:`~singledir.reliance.testing.compare_curves` (equal
 accuracies except at near-ties that float64 resolves to the reference, losses within 1e-5), noise
-curves by ``compare_noise`` (the same rule); single-unit importance and the batched hooks: accuracies
-exactly equal, losses within 1e-5.
+curves by ``compare_noise`` and single-unit importance by ``compare_importance`` (the same rule); the
+batched hooks: accuracies exactly equal, losses within 1e-5.
 Also the batched-hook fallback (untraceable model, with its warning and recorded path), example chunking
 under a small memory budget, data read once (shuffled DataLoaders), inputs moved to the model's device /
 dtype on every path, and the building blocks in hooks.py / edits.py / units.py / inputs.py / fast/graph.py.
@@ -33,6 +33,7 @@ from singledir.reliance.testing import (
     UserNet,
     assert_unchanged,
     compare_curves,
+    compare_importance,
     compare_noise,
     digits,
     near_tie_bound,
@@ -110,8 +111,9 @@ def test_importance_fast_equals_reference(kind, data):
     fast = sd.unit_importance(model, data, layers, progress=False)
     ref = sd.unit_importance(model, data, layers, progress=False, method="reference")
     assert_unchanged(model, snap)
-    assert_same(fast, ref)
-    np.testing.assert_array_equal(fast["accuracy_drop"].to_numpy(), ref["accuracy_drop"].to_numpy())
+    cmp = compare_importance(model, data, fast, ref)
+    assert cmp.ok, cmp.summary()
+    np.testing.assert_allclose(fast["loss_increase"].to_numpy(), ref["loss_increase"].to_numpy(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -592,6 +594,13 @@ def test_compare_curves_accepts_equal_and_rejects_unexplained_differences(data):
     ntampered.curves.loc[3, "accuracy"] -= 1 / N
     nbad = compare_noise(model, data, nfast, ntampered)
     assert nbad.levels_differing == 1 and nbad.inconsistent == 1 and not nbad.ok
+    ifast = sd.unit_importance(model, data, layers, progress=False)
+    iref = sd.unit_importance(model, data, layers, progress=False, method="reference")
+    assert compare_importance(model, data, ifast, iref).ok
+    itampered = iref.copy()
+    itampered.loc[5, "accuracy"] += 1 / N
+    ibad = compare_importance(model, data, ifast, itampered)
+    assert ibad.levels_differing == 1 and ibad.inconsistent == 1 and not ibad.ok
 
 
 def test_near_tie_bound_scales_with_the_logits():

@@ -12,8 +12,8 @@ Offers:
 - :func:`train_quick` -- a few epochs of Adam, seeded.
 - :func:`randomize_batchnorm` -- give every batch norm layer non-trivial running statistics and affine
   parameters (so eval-mode batch norm is not the identity in tests).
-- :func:`compare_curves`, :func:`compare_noise` / :class:`CurveComparison` -- what "the fast path equals
-  the reference" means for ablation and noise curves (used by the tests and
+- :func:`compare_curves`, :func:`compare_noise`, :func:`compare_importance` / :class:`CurveComparison` --
+  what "the fast path equals the reference" means for ablation curves, noise curves and importance (used by the tests and
   ``benchmarks/bench_ablation.py``), with :func:`near_tie_bound` and :data:`NEAR_TIE_ULPS`.
 
 Equality of two paths, honestly. Both paths compute every logit in float32, but with different summation
@@ -49,6 +49,7 @@ __all__ = [
     "ControlFlowNet",
     "CurveComparison",
     "compare_curves",
+    "compare_importance",
     "compare_noise",
     "UserNet",
     "assert_unchanged",
@@ -364,5 +365,46 @@ def compare_noise(model, data, result, reference, *, batch_size=None, memory_bud
                 logits[name] = torch.cat(parts)
             fast_pred = ev.watched[(r, s)].argmax(1).cpu()
             _judge(out, (r, scales[s]), fast_pred, logits["f32"], logits["f64"], ys, fast_c, ref_c)
+        del model64
+    return out
+
+
+def compare_importance(model, data, result, reference, *, stats_data=None, batch_size=None, memory_budget=None,
+                       loss_atol: float = 1e-5) -> CurveComparison:
+    """:func:`compare_curves` for two :func:`~.importance.unit_importance` tables of the same call
+    (``result`` from ``method="fast"``, ``reference`` from ``method="reference"``); one "level" per unit."""
+    from singledir.reliance.common import layer_plans, prepare
+    from singledir.reliance.evaluators import make_evaluator
+    from singledir.reliance.hooks import edit_outputs, model_guard
+    from singledir.reliance.inputs import ModelInput, as_batches
+
+    class _Table:  # the shape _differing expects
+        def __init__(self, df):
+            self.curves, self.meta = df, dict(df.attrs)
+
+    a, b = result, reference
+    out, differ = _differing(_Table(a), _Table(b), ["layer", "unit"], loss_atol)
+    if not len(differ):
+        return out
+    n = a.attrs["n_examples"]
+    with model_guard(model), torch.no_grad():
+        prepared = prepare(model, data, sorted(set(a["layer"]), key=list(a["layer"]).index), batch_size)
+        stats = None if stats_data is None else as_batches(stats_data, batch_size)
+        plans = layer_plans(model, prepared, a.attrs["clamp"], stats)
+        units = [(li, u) for li, p in enumerate(plans) for u in range(p.units)]
+        ev = make_evaluator("fast", model, prepared.batches, plans, memory_budget)
+        ev.singles(plans, units, watch=set(int(i) for i in differ))
+        model64 = copy.deepcopy(model).double()
+        ys = torch.cat([y for _x, y in prepared.batches])
+        for i in differ:
+            li, u = units[i]
+            logits = {}
+            for name, m in (("f32", model), ("f64", model64)):
+                feed = ModelInput(m)
+                with edit_outputs(m, {plans[li].name: plans[li].edit([u])}):
+                    logits[name] = torch.cat([m(feed(x)).cpu() for x, _y in prepared.batches])
+            counts = int(round(a.iloc[i]["accuracy"] * n)), int(round(b.iloc[i]["accuracy"] * n))
+            _judge(out, (plans[li].name, u), ev.watched[int(i)].argmax(1).cpu(), logits["f32"], logits["f64"], ys,
+                   *counts)
         del model64
     return out

@@ -428,9 +428,11 @@ class FastEvaluator:
                 res[0][i] += c
                 res[1][i] += lo
 
-    def singles(self, plans, units):
+    def singles(self, plans, units, watch=None):
+        """``watch``: optional set of indices into ``units`` whose logits are kept in ``self.watched``."""
         correct = np.zeros(len(units), dtype=np.int64)
         loss = np.zeros(len(units))
+        self.watched = {key: [] for key in (watch or ())}
         with tqdm(total=self.nchunks() * len(units), desc="importance", disable=not self.progress, leave=False) as bar:
             for start, x, y in self.chunks():
                 y = y.to(self.device)
@@ -449,7 +451,11 @@ class FastEvaluator:
                             lo = base_l - float(base_lv.index_select(0, rows).sum()) + float(l_r.sum())
                         correct[i] += c
                         loss[i] += lo
+                        if i in self.watched:
+                            full = out.clone() if rows is None else base_env[self.out_node].clone().index_copy_(0, rows, out)
+                            self.watched[i].append(full)
                         bar.update(1)
+        self.watched = {key: torch.cat(v) for key, v in self.watched.items()}
         return correct, loss
 
     def noise(self, plan, watch=None):
