@@ -17,7 +17,17 @@ Cases (see benchmarks/README.md for the numbers and how to read them):
                      mean attribution is exactly the accuracy drop). MLP ``hidden.0`` and ConvNet
                      ``features.32``. Target: fast >= 10x Captum.
 
-Every case checks that the paths agree (accuracies equal, losses within 1e-5) and prints it.
+5. ``mlp-noise``     noise curves on both MLP layers (the default 11 scales x 5 repeats), 10k images.
+                     Target: fast >= 10x reference.
+
+Every case checks that the paths agree and prints it. Curves: by
+:func:`singledir.reliance.testing.compare_curves` -- accuracies equal except at near-ties (top-2 logit
+margin within ``NEAR_TIE_ULPS`` float32 ulps of the logits) that a float64 recomputation resolves to the
+reference; the near-tie counts are printed (noise: ``compare_noise``, importance:
+``compare_importance``, the same rule; Captum's accuracy drops must equal the reference's).
+
+Threads: ``--threads default,1`` (the default) runs every case at torch's default thread count and at one
+thread in one invocation and prints a table of the ratios for each.
 
 Models: by default briefly trained (MLP: 2 epochs of Adam on the 60k training images; ConvNet: 1 epoch
 on ``--conv-train`` training images), so that accuracies and ties are realistic; ``--no-train`` uses the
@@ -36,6 +46,7 @@ Usage::
     .venv/bin/python benchmarks/bench_ablation.py                 # full run (~5-10 min on 2 cores)
     .venv/bin/python benchmarks/bench_ablation.py --quick         # ~1 min: fewer examples, no training
     .venv/bin/python benchmarks/bench_ablation.py --examples 2000 --conv-examples 300 --json out.json
+    .venv/bin/python benchmarks/bench_ablation.py --threads default --cases mlp-curve,mlp-noise
 """
 
 from __future__ import annotations
@@ -52,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from singledir.reliance.testing import train_quick
+from singledir.reliance.testing import compare_curves, compare_importance, compare_noise, train_quick
 
 CAPTUM_HINT = (
     "Captum is not installed: the Captum column is skipped. Install it with\n"
@@ -85,9 +96,12 @@ def timed_all(fns: dict, repeats: int = 1):
     """Time each function of ``fns`` ``repeats`` times, *interleaved* (a, b, c, a, b, c, ...), and keep
     each one's fastest run: on a shared machine other processes only ever add time, and interleaving
     exposes every path to the same changes in load. Returns ``(results, seconds, all_seconds)``."""
+    from singledir.reliance.edits import clear_noise_seed_cache
+
     results, best, every = {}, {k: math.inf for k in fns}, {k: [] for k in fns}
     for _ in range(max(1, repeats)):
         for name, fn in fns.items():
+            clear_noise_seed_cache()  # no path profits from the seeds another one drew
             t = time.perf_counter()
             results[name] = fn()
             dt = time.perf_counter() - t
@@ -127,13 +141,53 @@ def curve_case(name, model, data, layers, batch_size, target, methods, repeats=1
             "accuracy_max_abs_diff": float(np.abs(c.accuracy.to_numpy() - ref.accuracy.to_numpy()).max()),
             "loss_max_abs_diff": float(np.abs(c.loss.to_numpy() - ref.loss.to_numpy()).max()),
         }
+        if m == "fast":
+            cmp = compare_curves(model, data, res[m], res["reference"], batch_size=batch_size)
+            checks[m].update(_comparison(cmp))
+        else:
+            checks[m]["agree"] = checks[m]["accuracy_max_abs_diff"] == 0 and checks[m]["loss_max_abs_diff"] < 1e-5
     levels = len(ref)
     return {
         "case": name, "kind": "curve", "layers": layers, "levels": levels, "examples": int(len(data[1])),
         "times_s": times, "all_times_s": every, "target_speedup": target,
         "speedup_fast_vs_reference": times["reference"] / times["fast"],
-        "equal": all(v["accuracy_max_abs_diff"] == 0 and v["loss_max_abs_diff"] < 1e-5 for v in checks.values()),
+        "equal": all(v["agree"] for v in checks.values()),
         "checks": checks,
+    }
+
+
+def _comparison(cmp) -> dict:
+    """The JSON-able counts of a ``compare_curves`` / ``compare_noise`` result."""
+    return {"levels_differing": cmp.levels_differing, "examples_differing": cmp.examples_differing,
+            "near_ties": cmp.near_ties, "float64_agrees_with_reference": cmp.float64_agrees_with_reference,
+            "inconsistent": cmp.inconsistent, "summary": cmp.summary(), "agree": cmp.ok, "details": cmp.details[:20]}
+
+
+def noise_case(name, model, data, layers, batch_size, target, methods, repeats=1):
+    """Noise curves (default scales and repeats) by each engine method; fast checked by ``compare_noise``."""
+    import singledir as sd
+
+    small = (data[0][:100], data[1][:100])
+    for m in methods:  # warm-up
+        sd.noise_curves(model, small, layers, scales=[1.0], repeats=1, progress=False, method=m, batch_size=batch_size)
+    fns = {m: (lambda m=m: sd.noise_curves(model, data, layers, seed=0, batch_size=batch_size, progress=False, method=m))
+           for m in methods}
+    res, times, every = timed_all(fns, repeats)
+    ref = res["reference"].curves
+    checks = {}
+    for m in methods[1:]:
+        c = res[m].curves
+        acc = float(np.abs(c.accuracy.to_numpy() - ref.accuracy.to_numpy()).max())
+        loss = float(np.abs(c.loss.to_numpy() - ref.loss.to_numpy()).max())
+        checks[m] = {"accuracy_max_abs_diff": acc, "loss_max_abs_diff": loss, "agree": acc == 0 and loss < 1e-5}
+        if m == "fast":
+            cmp = compare_noise(model, data, res[m], res["reference"], batch_size=batch_size)
+            checks[m].update(_comparison(cmp))
+    return {
+        "case": name, "kind": "noise", "layers": layers, "levels": len(ref), "examples": int(len(data[1])),
+        "times_s": times, "all_times_s": every, "target_speedup": target,
+        "speedup_fast_vs_reference": times["reference"] / times["fast"],
+        "equal": all(v["agree"] for v in checks.values()), "checks": checks,
     }
 
 
@@ -186,17 +240,24 @@ def importance_case(name, model, data, layer, batch_size, target, methods, use_c
         }
     out = {"case": name, "kind": "importance", "layers": [layer], "levels": len(ref), "examples": int(len(data[1])),
            "target_speedup": target}
+    for m in methods[1:]:
+        checks[m]["agree"] = (checks[m]["accuracy_drop_max_abs_diff"] < 1e-12
+                              and checks[m]["loss_increase_max_abs_diff"] < 1e-5)
+        if m == "fast":
+            cmp = compare_importance(model, data, res[m], ref, batch_size=batch_size)
+            checks[m].update(_comparison(cmp))
+            checks[m]["agree"] = cmp.ok and checks[m]["loss_increase_max_abs_diff"] < 1e-5
     if use_captum:
         cap = res["captum"]
-        checks["captum"] = {"accuracy_drop_max_abs_diff": float(np.abs(cap - ref.accuracy_drop.to_numpy()).max())}
+        drop = float(np.abs(cap - ref.accuracy_drop.to_numpy()).max())
+        checks["captum"] = {"accuracy_drop_max_abs_diff": drop, "agree": drop < 1e-12}
     out["times_s"] = times
     out["all_times_s"] = every
     out["speedup_fast_vs_reference"] = times["reference"] / times["fast"]
     if use_captum:
         out["speedup_fast_vs_captum"] = times["captum"] / times["fast"]
     out["checks"] = checks
-    out["equal"] = all(v["accuracy_drop_max_abs_diff"] < 1e-12 for v in checks.values()) and all(
-        v.get("loss_increase_max_abs_diff", 0.0) < 1e-5 for v in checks.values())
+    out["equal"] = all(v["agree"] for v in checks.values())
     return out
 
 
@@ -218,11 +279,13 @@ def parse_args(argv=None):
     p.add_argument("--no-train", action="store_true", help="benchmark seeded random-init models (no training)")
     p.add_argument("--mlp-batch", type=int, default=10_000, help="batch size for the MLP cases (default 10000)")
     p.add_argument("--conv-batch", type=int, default=500, help="batch size for the ConvNet cases (default 500)")
-    p.add_argument("--cases", default="mlp-curve,conv-last,conv-middle,mlp-importance,conv-importance",
+    p.add_argument("--cases", default="mlp-curve,conv-last,conv-middle,mlp-importance,conv-importance,mlp-noise",
                    help="comma list of cases to run")
     p.add_argument("--with-hooks", action="store_true", help="also time the engine's batched-hooks path")
     p.add_argument("--no-captum", action="store_true", help="skip Captum even if installed")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", default="default,1",
+                   help="comma list of torch thread counts to run every case at; 'default' = torch's own choice "
+                        "(default: default,1)")
     p.add_argument("--repeats", type=int, default=1,
                    help="time each path this many times and keep the fastest (default 1)")
     p.add_argument("--quick", action="store_true",
@@ -230,6 +293,12 @@ def parse_args(argv=None):
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/bench_ablation.json"),
                    help="where to write the results JSON (default benchmarks/results/bench_ablation.json)")
     args = p.parse_args(argv)
+    try:
+        args.thread_list = [None if t.strip() == "default" else int(t) for t in str(args.threads).split(",") if t.strip()]
+    except ValueError:
+        p.error(f"--threads must be a comma list of 'default' and positive ints, got {args.threads!r}")
+    if not args.thread_list or any(t is not None and t < 1 for t in args.thread_list):
+        p.error(f"--threads must be a comma list of 'default' and positive ints, got {args.threads!r}")
     if args.quick:
         args.examples = min(args.examples, 2000)
         args.conv_examples = min(args.conv_examples, 200)
@@ -240,8 +309,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
     from singledir import __version__
     from singledir.models import build_model
 
@@ -287,25 +355,34 @@ def main(argv=None) -> int:
         print(f"ConvNet x{args.width_mult:g}: test accuracy {setup['conv_test_accuracy']:.3f} on {n_conv} images "
               f"({'random init' if args.no_train else f'1 epoch on {n_tr} images'})", file=sys.stderr)
 
-    for case in cases:
-        print(f"running {case} ...", file=sys.stderr, flush=True)
-        if case == "mlp-curve":
-            r = curve_case(case, mlp, mlp_data, ["hidden.0", "hidden.1"], args.mlp_batch, 20, methods, args.repeats)
-        elif case == "conv-last":
-            r = curve_case(case, conv, conv_last_data, [conv.unit_layers[-1]], args.conv_batch, 30, methods,
-                           args.repeats)
-        elif case == "conv-middle":
-            r = curve_case(case, conv, conv_data, [conv.unit_layers[5]], args.conv_batch, 2, methods, args.repeats)
-        elif case == "mlp-importance":
-            r = importance_case(case, mlp, mlp_data, "hidden.0", args.mlp_batch, 10, methods, use_captum, args.repeats)
-        elif case == "conv-importance":
-            r = importance_case(case, conv, conv_data, conv.unit_layers[-1], args.conv_batch, 10, methods, use_captum,
-                                args.repeats)
-        else:
-            print(f"unknown case {case!r}; choose from the --cases default", file=sys.stderr)
-            return 2
-        results.append(r)
-        print(f"  {_line(r)}", file=sys.stderr, flush=True)
+    for threads in args.thread_list:
+        torch.set_num_threads(threads or default_threads)
+        label = f"{torch.get_num_threads()}" + (" (default)" if threads is None else "")
+        for case in cases:
+            print(f"running {case} at {label} threads ...", file=sys.stderr, flush=True)
+            if case == "mlp-curve":
+                r = curve_case(case, mlp, mlp_data, ["hidden.0", "hidden.1"], args.mlp_batch, 20, methods, args.repeats)
+            elif case == "conv-last":
+                r = curve_case(case, conv, conv_last_data, [conv.unit_layers[-1]], args.conv_batch, 30, methods,
+                               args.repeats)
+            elif case == "conv-middle":
+                r = curve_case(case, conv, conv_data, [conv.unit_layers[5]], args.conv_batch, 2, methods, args.repeats)
+            elif case == "mlp-importance":
+                r = importance_case(case, mlp, mlp_data, "hidden.0", args.mlp_batch, 10, methods, use_captum,
+                                    args.repeats)
+            elif case == "conv-importance":
+                r = importance_case(case, conv, conv_data, conv.unit_layers[-1], args.conv_batch, 10, methods,
+                                    use_captum, args.repeats)
+            elif case == "mlp-noise":
+                r = noise_case(case, mlp, mlp_data, ["hidden.0", "hidden.1"], args.mlp_batch, 10, methods,
+                               args.repeats)
+            else:
+                print(f"unknown case {case!r}; choose from the --cases default", file=sys.stderr)
+                return 2
+            r["threads"] = label
+            results.append(r)
+            print(f"  {_line(r)}", file=sys.stderr, flush=True)
+    torch.set_num_threads(default_threads)
 
     print_table(results)
     payload = {
@@ -313,7 +390,8 @@ def main(argv=None) -> int:
         "singledir_version": __version__,
         "torch": torch.__version__,
         "captum": captum_version if use_captum else None,
-        "threads": torch.get_num_threads(),
+        "threads": [r["threads"] for r in results],
+        "default_threads": default_threads,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "load_average_before": load_before,
                     "load_average_after": os.getloadavg()},
@@ -332,25 +410,30 @@ def main(argv=None) -> int:
 def _line(r) -> str:
     t = r["times_s"]
     parts = [f"{k} {v:.2f}s" for k, v in t.items()]
-    return f"{r['case']}: " + ", ".join(parts) + f"; fast x{r['speedup_fast_vs_reference']:.1f} vs reference" + (
+    line = f"{r['case']}: " + ", ".join(parts) + f"; fast x{r['speedup_fast_vs_reference']:.1f} vs reference" + (
         f", x{r['speedup_fast_vs_captum']:.1f} vs Captum" if "speedup_fast_vs_captum" in r else "")
+    summary = r["checks"].get("fast", {}).get("summary")
+    return line + (f"\n    fast vs reference: {summary}" if summary else "")
 
 
 def print_table(results) -> None:
-    head = ["case", "layers", "levels", "examples", "reference s", "fast s", "captum s", "fast/ref", "fast/captum",
-            "target", "met", "equal"]
+    head = ["case", "threads", "layers", "levels", "examples", "reference s", "fast s", "captum s", "fast/ref",
+            "fast/captum", "target", "met", "equal", "near-ties"]
     rows = []
     for r in results:
         t = r["times_s"]
         target_ratio = r.get("speedup_fast_vs_captum") if r["kind"] == "importance" else r["speedup_fast_vs_reference"]
         met = "n/a" if target_ratio is None else ("yes" if target_ratio >= r["target_speedup"] else "NO")
+        fast_check = r["checks"].get("fast", {})
+        ties = (f"{fast_check['near_ties']}/{fast_check['examples_differing']} (f64=ref {fast_check['float64_agrees_with_reference']})"
+                if "near_ties" in fast_check else "-")
         rows.append([
-            r["case"], ",".join(r["layers"]), str(r["levels"]), str(r["examples"]), f"{t['reference']:.2f}",
+            r["case"], r.get("threads", "?"), ",".join(r["layers"]), str(r["levels"]), str(r["examples"]), f"{t['reference']:.2f}",
             f"{t['fast']:.3f}", f"{t['captum']:.2f}" if "captum" in t else "-",
             f"{r['speedup_fast_vs_reference']:.1f}x",
             f"{r['speedup_fast_vs_captum']:.1f}x" if "speedup_fast_vs_captum" in r else "-",
             f">={r['target_speedup']}x " + ("vs Captum" if r["kind"] == "importance" else "vs ref"), met,
-            "yes" if r["equal"] else "NO",
+            "yes" if r["equal"] else "NO", ties,
         ])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     print()
@@ -358,6 +441,8 @@ def print_table(results) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print("\nnear-ties: examples predicted differently by fast and reference that are near-ties / all such "
+          "examples (f64=ref: how many a float64 recomputation resolves to the reference's prediction)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Every-level walks (levels=None: hidden.0 and hidden.1 units alternate, so the ReLU fusion, the folded
 clamps and the float32 accumulators with their float64 re-anchoring all run many times), several example
 chunks (buffers reused, then re-allocated for a shorter last chunk) and two orders per call (the second
-walk starts again from the cached base) must give the reference's accuracies, and losses within 1e-5.
+walk starts again from the cached base) must agree with the reference (``compare_curves``: equal
+accuracies except at near-ties that float64 resolves to the reference, losses within 1e-5).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from torch import nn
 import singledir as sd
 from singledir.errors import SingledirError
 from singledir.models import build_model
-from singledir.reliance import engine
-from singledir.reliance.engine import FastEvaluator, _AnchoredSum, _example_scores, _score
+from singledir.reliance.fast import FastEvaluator
+from singledir.reliance.fast.walk import LevelWalk
+from singledir.reliance.fast.layout import ANCHOR_EVERY, AnchoredSum
+from singledir.reliance.fast.scoring import example_scores, score_logits
 from singledir.reliance.common import layer_plans, prepare
 from singledir.reliance.plan import score
-from singledir.reliance.testing import assert_unchanged, digits, snapshot
+from singledir.reliance.testing import assert_unchanged, compare_curves, digits, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,12 @@ class PairMax(nn.Module):
         return self.fc(h.view(-1, 2).amax(1).view(h.shape[0], -1))
 
 
+def assert_agree(model, data, fast, ref, **kw):
+    """Equal except at near-ties that float64 resolves to the reference (``compare_curves``)."""
+    cmp = compare_curves(model, data, fast, ref, **kw)
+    assert cmp.ok, cmp.summary()
+
+
 def evaluator(model, data, layers, memory_budget=None):
     model.eval()
     with torch.no_grad():
@@ -91,7 +100,7 @@ def test_view_model_keeps_row_major_and_stays_exact(data):
     kw = dict(repeats=2, progress=False)
     fast = sd.ablation_curves(model, data, ["act"], **kw)
     ref = sd.ablation_curves(model, data, ["act"], method="reference", **kw)
-    np.testing.assert_array_equal(fast.curves.accuracy.to_numpy(), ref.curves.accuracy.to_numpy())
+    assert_agree(model, data, fast, ref)
 
 
 def test_last_chunk_of_one_example_equals_reference(data):
@@ -99,12 +108,11 @@ def test_last_chunk_of_one_example_equals_reference(data):
     model, layers = mlp(width=12), ["hidden.0", "hidden.1"]
     d = (data[0][:301], data[1][:301])
     budget = int(150 * evaluator(model, d, layers).bytes_per_example)
-    assert evaluator(model, d, layers, memory_budget=budget)._nchunks() == 3  # 150, 150, 1
+    assert evaluator(model, d, layers, memory_budget=budget).nchunks() == 3  # 150, 150, 1
     kw = dict(repeats=2, levels=None, progress=False, seed=2)
     fast = sd.ablation_curves(model, d, layers, memory_budget=budget, **kw)
     ref = sd.ablation_curves(model, d, layers, method="reference", **kw)
-    np.testing.assert_array_equal(fast.curves.accuracy.to_numpy(), ref.curves.accuracy.to_numpy())
-    np.testing.assert_allclose(fast.curves.loss.to_numpy(), ref.curves.loss.to_numpy(), atol=1e-5, rtol=0)
+    assert_agree(model, d, fast, ref, memory_budget=budget)
 
 
 @pytest.mark.parametrize("clamp,basis", [("zero", "units"), ("mean", "units"), ("zero", "random")])
@@ -118,21 +126,20 @@ def test_every_level_walk_over_chunks_equals_reference(kind, clamp, basis, data)
     # ~300 examples per chunk: 700 examples -> chunks of 300, 300, 100 (the last re-allocates buffers)
     budget = int(300 * evaluator(model, data, layers).bytes_per_example)
     ev = evaluator(model, data, layers, memory_budget=budget)
-    assert ev.colmajor and ev._nchunks() == 3
+    assert ev.colmajor and ev.nchunks() == 3
     kw = dict(repeats=2, clamp=clamp, basis=basis, levels=None, progress=False, seed=5)
     fast = sd.ablation_curves(model, data, layers, memory_budget=budget, **kw)
     ref = sd.ablation_curves(model, data, layers, method="reference", **kw)
     assert_unchanged(model, snap)
     assert len(fast.curves) == 2 * (1 + (80 if kind == "mlp" else 40))
-    np.testing.assert_array_equal(fast.curves.accuracy.to_numpy(), ref.curves.accuracy.to_numpy())
-    np.testing.assert_allclose(fast.curves.loss.to_numpy(), ref.curves.loss.to_numpy(), atol=1e-5, rtol=0)
+    assert_agree(model, data, fast, ref, memory_budget=budget)
 
 
 def test_anchored_sum_stays_within_a_few_roundings_of_the_exact_sum():
     g = torch.Generator().manual_seed(0)
     n, c, steps = 500, 64, 100
     start = torch.randn(c, n, generator=g).t()  # column-major, like the walk's tensors
-    acc = _AnchoredSum(start, {}, "key")
+    acc = AnchoredSum(start, {}, "key")
     exact = start.double()
     worst_between, max_abs = 0.0, 0.0
     for i in range(1, steps + 1):
@@ -142,14 +149,14 @@ def test_anchored_sum_stays_within_a_few_roundings_of_the_exact_sum():
         exact += torch.outer(v.double(), w)
         max_abs = max(max_abs, float(exact.abs().max()), float(torch.outer(v, w.float()).abs().max()))
         err = float((acc.work.double() - exact).abs().max())
-        if i % engine._ANCHOR_EVERY == 0:
+        if i % ANCHOR_EVERY == 0:
             # right after an anchor: the exact sum rounded once
             assert torch.equal(acc.work, exact.float())
         else:
             worst_between = max(worst_between, err)
     eps = torch.finfo(torch.float32).eps
     # at most _ANCHOR_EVERY - 1 float32 updates since the last anchor, each rounding twice (<= eps/2 each)
-    assert worst_between <= (engine._ANCHOR_EVERY - 1) * eps * max_abs
+    assert worst_between <= (ANCHOR_EVERY - 1) * eps * max_abs
     assert acc.work.stride() == start.stride()
 
 
@@ -168,15 +175,15 @@ def test_column_major_scores_equal_score_including_ties():
     y[30:40] = 0
     colmajor = logits.t().contiguous().t()
     want_c, want_l = score(logits, y)
-    got_c, got_l = _score(colmajor, y)
+    got_c, got_l = score_logits(colmajor, y)
     assert got_c == want_c
     assert got_l == pytest.approx(want_l, rel=1e-6)
-    c, lo = _example_scores(colmajor, y)
+    c, lo = example_scores(colmajor, y)
     np.testing.assert_array_equal(c.numpy(), (logits.argmax(1) == y).numpy())
     np.testing.assert_allclose(lo.numpy(), F.cross_entropy(logits, y, reduction="none").double().numpy(), rtol=1e-6)
     # without ties too
     plain = torch.randn(n, k, generator=g)
-    assert _score(plain.t().contiguous().t(), y)[0] == score(plain, y)[0]
+    assert score_logits(plain.t().contiguous().t(), y)[0] == score(plain, y)[0]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -184,13 +191,13 @@ def test_column_major_scores_reject_non_finite_logits(bad):
     logits = torch.randn(50, 4)
     logits[7, 2] = bad
     with pytest.raises(SingledirError, match="non-finite|NaN"):
-        _score(logits.t().contiguous().t(), torch.zeros(50, dtype=torch.long))
+        score_logits(logits.t().contiguous().t(), torch.zeros(50, dtype=torch.long))
 
 
 def test_prefix_runs_once_across_base_and_importance_and_equals_uncached(data, monkeypatch):
     model, layers = mlp(), ["hidden.0", "hidden.1"]
     calls = []
-    from singledir.reliance.graph import Split
+    from singledir.reliance.fast.graph import Split
 
     real = Split.run_prefix
 
@@ -209,3 +216,33 @@ def test_prefix_runs_once_across_base_and_importance_and_equals_uncached(data, m
     assert 0 < rerun < len(data[1])  # the chunks that did not fit a quarter of the budget ran twice
     np.testing.assert_array_equal(cached.accuracy_drop.to_numpy(), uncached.accuracy_drop.to_numpy())
     np.testing.assert_allclose(cached.loss_increase.to_numpy(), uncached.loss_increase.to_numpy(), atol=1e-6)
+
+
+def test_walk_runs_on_its_own_thread_count_and_restores_the_callers(data, monkeypatch):
+    model, layers = mlp(), ["hidden.0", "hidden.1"]
+    assert evaluator(model, data, layers).threads == 1  # no convolution recomputed: one thread
+    conv = build_model("convnet", (1, 8, 8), 10, width_mult=0.0625, seed=0).eval()
+    assert evaluator(conv, data, [conv.unit_layers[5]]).threads is None  # convolutions: the caller's count
+    assert evaluator(conv, data, [conv.unit_layers[-1]]).threads == 1
+    seen = []
+    real = LevelWalk.advance
+
+    def spy(self, new):
+        seen.append(torch.get_num_threads())
+        return real(self, new)
+
+    def boom(self, new):
+        raise RuntimeError("boom")
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(LevelWalk, "advance", spy)
+        sd.ablation_curves(model, data, layers, repeats=1, levels=[0, 5, 10], progress=False)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        monkeypatch.setattr(LevelWalk, "advance", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            sd.ablation_curves(model, data, layers, repeats=1, levels=[0, 5, 10], progress=False)
+        assert torch.get_num_threads() == 2  # restored after the exception too
+    finally:
+        torch.set_num_threads(before)

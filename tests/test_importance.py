@@ -9,7 +9,9 @@ import torch
 import singledir as sd
 from singledir.errors import SingledirError
 from singledir.models import build_model
-from singledir.reliance.hooks import ClampSpec, ablate, model_guard, unit_stats
+from singledir.reliance.edits import ClampSpec
+from singledir.reliance.hooks import ablate, model_guard
+from singledir.reliance.units import unit_stats
 from singledir.reliance.testing import assert_unchanged, digits, snapshot, train_quick
 
 LAYERS = ["hidden.0", "hidden.1"]

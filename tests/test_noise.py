@@ -12,7 +12,7 @@ import torch
 import singledir as sd
 from singledir.errors import SingledirError
 from singledir.models import build_model
-from singledir.reliance.hooks import unit_stats
+from singledir.reliance.units import unit_stats
 from singledir.reliance.noise import DEFAULT_SCALES, NoiseResult
 from singledir.reliance.testing import assert_unchanged, digits, snapshot, train_quick
 

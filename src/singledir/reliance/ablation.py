@@ -25,10 +25,10 @@ from singledir.reliance.common import (
     prepare,
     unit_means,
 )
-from singledir.reliance.engine import make_evaluator
+from singledir.reliance.evaluators import make_evaluator, path_meta
 from singledir.reliance.hooks import model_guard
 from singledir.reliance.importance import importance_table
-from singledir.reliance.inputs import check_choice, check_repeats, check_seed
+from singledir.reliance.inputs import as_batches, check_choice, check_repeats, check_seed
 from singledir.reliance.plan import Curve, LayerPlan
 
 __all__ = ["ALL_LEVELS_MAX", "ORDERS", "AblationResult", "ablation_curves", "random_basis", "resolve_levels"]
@@ -50,7 +50,9 @@ class AblationResult:
       curve (for ``basis="random"`` unit i means direction i, see ``directions``).
     - ``directions``: ``{(order, repeat): {layer: (C, C) float64 tensor}}`` -- the orthonormal directions
       (columns) of each curve when ``basis="random"``; empty otherwise.
-    - ``meta``: layers, units per layer, clamp, basis, seed, n_examples, method, base accuracy/loss...
+    - ``meta``: layers, units per layer, clamp, basis, seed, n_examples, base accuracy/loss, and the path:
+      ``method`` (the path taken: "fast", "hooks" or "reference"), ``method_requested``,
+      ``fallback_reason`` (why "auto" did not take the fx path, else None).
     """
 
     curves: pd.DataFrame
@@ -254,7 +256,9 @@ def ablation_curves(
     with model_guard(model), torch.no_grad():
         prepared = prepare(model, data, layers, batch_size)
         check_choice(clamp, ("zero", "mean"), "clamp")
-        plans = layer_plans(model, prepared, clamp if basis == "units" else "zero", stats_data, batch_size)
+        # stats_data is read once (a shuffled DataLoader would yield a new order on every pass)
+        stats_batches = None if stats_data is None else as_batches(stats_data, batch_size)
+        plans = layer_plans(model, prepared, clamp if basis == "units" else "zero", stats_batches)
         pooled = [(li, u) for li, p in enumerate(plans) for u in range(p.units)]
         total = len(pooled)
         seq_explicit = _explicit_sequence(order, prepared) if explicit else None
@@ -262,7 +266,7 @@ def ablation_curves(
 
         centers = None
         if basis == "random" and clamp == "mean":
-            centers = unit_means(model, prepared, stats_data, batch_size)
+            centers = unit_means(model, prepared, stats_batches)
 
         ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress)
         curves: list[Curve] = []
@@ -288,7 +292,7 @@ def ablation_curves(
             elif o.startswith("selectivity"):
                 from singledir.reliance.selectivity import class_selectivity
 
-                src = prepared.batches if stats_data is None else stats_data
+                src = prepared.batches if stats_batches is None else stats_batches
                 sel = class_selectivity(model, src, prepared.layers, batch_size=batch_size, num_classes=prepared.num_classes)
                 sel_map = {(r.layer, int(r.unit)): float(r.selectivity) for r in sel.itertuples()}
                 a = [sel_map[(plans[li].name, u)] for li, u in pooled]
@@ -328,7 +332,7 @@ def ablation_curves(
         "levels": lv,
         "n_examples": n,
         "num_classes": prepared.num_classes,
-        "method": ev.name,
+        **path_meta(ev),
         "base_accuracy": base_c / n,
         "base_loss": base_l / n,
     }

@@ -20,14 +20,12 @@ import torch
 from scipy import stats
 
 from singledir.errors import SingledirError
-from singledir.reliance.engine import METHODS
-from singledir.reliance.hooks import record, unit_stats
+from singledir.reliance.evaluators import METHODS
+from singledir.reliance.units import layer_outputs, unit_stats
 from singledir.reliance.inputs import (
     as_batches,
     check_choice,
-    check_finite,
     check_labels,
-    check_unit_output,
     validate_layers,
 )
 from singledir.reliance.plan import LayerPlan, check_logits
@@ -81,18 +79,14 @@ def prepare(model, data, layers, batch_size=None) -> Prepared:
     """
     batches = as_batches(data, batch_size)
     names = validate_layers(model, layers)
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
-    x0 = batches[0][0][:2].to(device)
-    with record(model, names) as rec:
-        logits = check_logits(model(x0))
-    units = {}
-    for n in names:
-        if n not in rec:
-            raise SingledirError(f"layer {n!r} is never called in the model's forward pass; pick another layer")
-        h = check_unit_output(rec[n], n)
-        check_finite(h, f"the output of layer {n!r}")
-        units[n] = int(h.shape[1])
+    x0, y0 = batches[0]
+    probe = layer_outputs(model, [(x0[:2], y0[:2])], names)
+    try:
+        first = next(probe)
+    finally:
+        probe.close()
+    logits = check_logits(first.logits)
+    units = {n: int(h.shape[1]) for n, h in first.outputs.items()}
     num_classes = int(logits.shape[1])
     for i, (_x, y) in enumerate(batches):
         check_labels(y, num_classes, "data" if len(batches) == 1 else f"batch {i} of data")

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from singledir.reliance.common import check_budget, check_method, layer_plans, prepare
-from singledir.reliance.engine import make_evaluator
+from singledir.reliance.evaluators import make_evaluator, path_meta
 from singledir.reliance.hooks import model_guard
 
 __all__ = ["IMPORTANCE_COLUMNS", "importance_table", "unit_importance"]
@@ -65,7 +65,9 @@ def unit_importance(
     to that constant everywhere). ``method``: "auto" (fast fx path, batched hooks if the model cannot
     be traced), "fast", "hooks" or "reference" (one full forward pass per unit) -- all give the same
     numbers. Returns one row per unit: ``layer, unit, accuracy_drop, loss_increase, accuracy, loss,
-    base_accuracy, base_loss`` (loss = mean cross-entropy). The model is handed back unchanged.
+    base_accuracy, base_loss`` (loss = mean cross-entropy); ``df.attrs`` holds ``clamp``, ``n_examples``
+    and the path: ``method`` (taken), ``method_requested``, ``fallback_reason``. The model is handed back
+    unchanged.
 
     Example::
 
@@ -79,5 +81,5 @@ def unit_importance(
         plans = layer_plans(model, prepared, clamp, stats_data, batch_size)
         ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress)
         df = importance_table(ev, plans, prepared.n_examples)
-    df.attrs.update({"clamp": clamp, "method": ev.name, "n_examples": prepared.n_examples})
+    df.attrs.update({"clamp": clamp, **path_meta(ev), "n_examples": prepared.n_examples})
     return df

@@ -11,6 +11,8 @@ Offers (stable names, also used by the selectivity code):
 - :func:`check_labels` -- labels must lie in ``[0, num_outputs)``.
 - :func:`check_finite` -- NaN / inf in an activation or in the logits raise.
 - :func:`check_choice`, :func:`check_repeats`, :func:`check_seed` -- small argument checks.
+- :class:`ModelInput` -- moves a batch's inputs to the model's device (and floating inputs to the model's
+  floating dtype); every path that calls the model feeds it through one.
 
 Every problem raises :class:`singledir.errors.SingledirError` with one line naming it and the fix.
 """
@@ -24,10 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from singledir.devices import model_device
 from singledir.errors import SingledirError
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "ModelInput",
     "as_batches",
     "candidate_layers",
     "check_choice",
@@ -279,3 +283,22 @@ def _int_or_none(v):
         return operator.index(v)
     except TypeError:
         return None
+
+
+class ModelInput:
+    """``feed(x)``: ``x`` on the model's device, floating inputs in the model's floating dtype.
+
+    The device is :func:`singledir.devices.model_device`; the dtype is that of the model's first floating
+    parameter (or buffer), so a float64 model accepts float32 data. ``feed.device`` is the device.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.device = model_device(model)
+        self.dtype = next(
+            (t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype is not None and x.is_floating_point():
+            return x.to(device=self.device, dtype=self.dtype)
+        return x.to(self.device)

@@ -26,8 +26,9 @@ from singledir.reliance.common import (
     layer_plans,
     prepare,
 )
-from singledir.reliance.engine import make_evaluator
-from singledir.reliance.hooks import model_guard, unit_stats
+from singledir.reliance.evaluators import make_evaluator, path_meta
+from singledir.reliance.hooks import model_guard
+from singledir.reliance.units import unit_stats
 from singledir.reliance.inputs import as_batches, check_repeats, check_seed
 from singledir.reliance.plan import NoisePlan
 
@@ -39,7 +40,9 @@ DEFAULT_SCALES = np.logspace(-1.5, 1.0, 11)
 
 @dataclass
 class NoiseResult:
-    """Noise curves: ``curves`` DataFrame (``scale, repeat, accuracy, loss``) and ``meta``."""
+    """Noise curves: ``curves`` DataFrame (``scale, repeat, accuracy, loss``) and ``meta`` (layers, units,
+    scales, repeats, seed, n_examples, base accuracy/loss, sigma per layer, and the path: ``method`` taken,
+    ``method_requested``, ``fallback_reason``)."""
 
     curves: pd.DataFrame
     meta: dict
@@ -140,7 +143,7 @@ def noise_curves(
         "seed": seed,
         "n_examples": n,
         "num_classes": prepared.num_classes,
-        "method": ev.name,
+        **path_meta(ev),
         "base_accuracy": base_c / n,
         "base_loss": base_l / n,
         "sigma": {name: st[name].std.clone() for name in prepared.layers},

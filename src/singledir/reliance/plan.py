@@ -10,6 +10,8 @@ Offers:
 - :class:`NoisePlan` -- per-layer sigmas, scales, seed.
 - :func:`score` -- (number correct, summed cross-entropy in float64) of a batch of logits.
 - :func:`check_logits` -- the model's output must be (N, classes) logits.
+- :data:`DEFAULT_MEMORY_BUDGET` -- 1 GiB: the fast path sizes its example chunks (cache + state of the
+  recomputed part) and the hook path its level groups so that the activations they hold stay below it.
 
 All paths (reference, fast fx, batched hooks) read the same plans and call the same edit and scoring
 functions, so they can only differ by floating-point rounding inside the network.
@@ -25,10 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from singledir.errors import SingledirError
-from singledir.reliance.hooks import apply_projection, clamp_factors, clamp_with
+from singledir.reliance.edits import apply_projection, clamp_factors, clamp_with
 from singledir.reliance.inputs import check_finite
 
-__all__ = ["Curve", "EditWalker", "LayerPlan", "NoisePlan", "check_logits", "projection_matrix", "score"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "Curve", "EditWalker", "LayerPlan", "NoisePlan", "check_logits", "projection_matrix", "score"]
+
+#: Default bound on the activations the fast paths hold at once (bytes).
+DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
 def projection_matrix(basis: torch.Tensor, idx: Sequence[int]) -> torch.Tensor:

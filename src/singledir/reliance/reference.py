@@ -3,7 +3,8 @@
 Offers :class:`ReferenceEvaluator` (``method="reference"``). It is deliberately simple -- for every
 ablation level, every single-unit ablation and every noise scale it installs the edits of
 :mod:`.plan` as forward hooks and runs the whole model over the data batches -- so that it is obviously
-right; the fast paths in :mod:`.engine` are tested against it.
+right; the fast paths (:mod:`.fast`, :mod:`.batched`) are tested against it. Inputs go to the model's
+device through :class:`~.inputs.ModelInput`.
 
 All evaluators share this interface (counts are summed over the data, losses are summed cross-entropy):
 
@@ -16,10 +17,11 @@ All evaluators share this interface (counts are summed over the data, losses are
 from __future__ import annotations
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from singledir.reliance.hooks import NoiseSpec, edit_outputs, noise
+from singledir.reliance.edits import NoiseSpec
+from singledir.reliance.hooks import edit_outputs, noise
+from singledir.reliance.inputs import ModelInput
 from singledir.reliance.plan import check_logits, score
 
 __all__ = ["ReferenceEvaluator"]
@@ -35,15 +37,15 @@ class ReferenceEvaluator:
         self.batches = batches
         self.plans = plans
         self.progress = progress
-        p = next(model.parameters(), None)
-        self.device = p.device if p is not None else torch.device("cpu")
+        self.feed = ModelInput(model)
+        self.device = self.feed.device
 
     def _run(self, edits: dict) -> tuple[int, float]:
         correct, loss = 0, 0.0
         with edit_outputs(self.model, edits):
             for x, y in self.batches:
                 y = y.to(self.device)
-                c, lo = score(check_logits(self.model(x.to(self.device))), y)
+                c, lo = score(check_logits(self.model(self.feed(x))), y)
                 correct += c
                 loss += lo
         return correct, loss
@@ -95,7 +97,7 @@ class ReferenceEvaluator:
                     c_sum, l_sum = 0, 0.0
                     with noise(self.model, specs):
                         for x, y in self.batches:
-                            c, lo = score(check_logits(self.model(x.to(self.device))), y.to(self.device))
+                            c, lo = score(check_logits(self.model(self.feed(x))), y.to(self.device))
                             c_sum += c
                             l_sum += lo
                     correct[r, s], loss[r, s] = c_sum, l_sum

@@ -1,6 +1,6 @@
 """Class selectivity index and mutual information (unit activity vs class label) for every unit.
 
-Definitions (Morcos et al. 2018; see ``shared/paper-notes.md``):
+Definitions (Morcos et al. 2018):
 
 - A unit's *activity* on one example is its post-ReLU activation; a conv feature map (``(N, C, H, W)``
   output, unit = channel) is first **averaged over space**, giving one number per example and unit.
@@ -40,8 +40,8 @@ import pandas as pd
 import torch
 
 from singledir.errors import SingledirError
-from singledir.reliance.hooks import model_guard, record, space_mean
-from singledir.reliance.inputs import as_batches, check_finite, check_unit_output, num_examples, validate_layers
+from singledir.reliance.inputs import as_batches, num_examples, validate_layers
+from singledir.reliance.units import layer_outputs, space_mean
 
 __all__ = [
     "DEFAULT_BINS",
@@ -84,7 +84,8 @@ def class_selectivity(
 
     Returns one row per unit: ``layer, unit, selectivity, mutual_info`` (bits), ``preferred_class``
     (-1 for dead units), ``mean_activity`` (over all examples, after spatial averaging) and ``dead``
-    (activation exactly 0 for every example and position). The model is evaluated in eval mode under
+    (activation exactly 0 for every example and position); ``df.attrs`` holds the settings and
+    ``method`` = "reference" (one plain forward pass per batch). The model is evaluated in eval mode under
     ``no_grad`` and handed back unchanged (mode, hooks, weights).
 
     Example::
@@ -92,8 +93,6 @@ def class_selectivity(
         df = sd.class_selectivity(model, (x_test, y_test), ["hidden.0", "hidden.1"])
         df.groupby("layer").selectivity.mean()
     """
-    from tqdm.auto import tqdm
-
     bins = _check_bins(bins)
     names = validate_layers(model, layers)
     batches = as_batches(data, batch_size)
@@ -101,24 +100,14 @@ def class_selectivity(
     acts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     alive: dict[str, torch.Tensor] = {}
     labels = []
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    with model_guard(model), torch.no_grad(), record(model, names) as rec:
-        for x, y in tqdm(batches, desc="selectivity", disable=not progress, leave=False):
-            rec.clear()
-            model(x.to(device))
-            labels.append(y.cpu())
-            for n in names:
-                if n not in rec:
-                    raise SingledirError(
-                        f"layer {n!r} is never called in the model's forward pass; pick another layer"
-                    )
-                h = check_unit_output(rec[n], n).detach()
-                check_finite(h, f"the output of layer {n!r}")
-                nz = (h != 0).flatten(2).any(2) if h.ndim > 2 else h != 0
-                nz = nz.any(0).cpu()
-                alive[n] = nz if n not in alive else alive[n] | nz
-                acts[n].append(space_mean(h).float().cpu())
+    for out in layer_outputs(model, batches, names, progress=progress, desc="selectivity"):
+        labels.append(out.y.cpu())
+        for n, h in out.outputs.items():
+            h = h.detach()
+            nz = (h != 0).flatten(2).any(2) if h.ndim > 2 else h != 0
+            nz = nz.any(0).cpu()
+            alive[n] = nz if n not in alive else alive[n] | nz
+            acts[n].append(space_mean(h).float().cpu())
     y_all = torch.cat(labels)
     frames = []
     for n in names:
@@ -130,7 +119,8 @@ def class_selectivity(
         frames.append(df)
         acts[n] = []  # free memory early
     out = pd.concat(frames, ignore_index=True)
-    out.attrs.update({"bins": bins, "miller_madow": bool(miller_madow), "eps": float(eps), "examples": n_total})
+    out.attrs.update({"bins": bins, "miller_madow": bool(miller_madow), "eps": float(eps), "examples": n_total,
+                      "method": "reference"})
     return out[COLUMNS]
 
 

@@ -11,7 +11,7 @@ Offers:
   recomputed per ablation level), and the *boundary* (prefix values the rest consumes: the cache).
 - :func:`find_linear_chain` -- whether a marker feeds, through channel-separable linear ops only
   (average pools, flatten, identity, eval dropout), a single ``nn.Linear`` / ``nn.Conv*d``: then the
-  consumer's output can be updated *incrementally* unit by unit (see :mod:`.engine`).
+  consumer's output can be updated *incrementally* unit by unit (see :mod:`.walk`).
 - :func:`run_node` -- execute one node given the values of its inputs (:func:`load_args`: a node's
   arguments with their values).
 

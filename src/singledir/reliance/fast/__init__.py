@@ -1,0 +1,22 @@
+"""The fx fast path: cached prefix, incremental linear consumers, level walks on cache-sized example chunks.
+
+Offers :class:`FastEvaluator` (``method="fast"``) and :class:`TraceFailed`. Parts, each with the evidence
+for its speed tricks beside its code:
+
+- :mod:`.graph` -- trace with a marker after each analysed layer; the prefix / rest split; linear chains.
+- :mod:`.evaluator` -- :class:`FastEvaluator`: probing (does the traced graph reproduce the model, which
+  layout), chunk sizing, the prefix cache, running the rest node by node, and the evaluator interface.
+- :mod:`.walk` -- the level walk (:class:`~.walk.LevelWalk`) and single-unit ablations
+  (:class:`~.walk.SingleAblation`): incremental updates of a layer's linear consumer, row-sparse steps.
+- :mod:`.layout` -- column-major 2-D activations, walk-owned buffers, folded clamps, anchored float32
+  accumulators.
+- :mod:`.scoring` -- per-example and batched scoring of logits.
+- :mod:`.noise` -- noise curves: root linear consumers updated by one scaled term per noise scale.
+- :mod:`.threads` -- the walks' own intra-op thread count (one thread unless convolutions are
+  recomputed), the caller's restored afterwards.
+"""
+
+from singledir.reliance.fast.evaluator import FastEvaluator
+from singledir.reliance.fast.graph import TraceFailed
+
+__all__ = ["FastEvaluator", "TraceFailed"]
