@@ -73,6 +73,12 @@ def run(args) -> int:
 
         if args.dataset not in DATASETS:
             raise SingledirError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if args.address is not None and args.backend != "ray":
+        raise SingledirError(f"--address {args.address!r} is for the Ray backend; add --backend ray")
+    if args.backend == "ray":
+        from singledir.experiments.backends import import_ray
+
+        import_ray()  # one line saying how to install it, before anything is written
     jobs = args.jobs or default_jobs(args.device)
     command = "singledir reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == "reproduce" else \

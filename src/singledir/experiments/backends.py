@@ -149,13 +149,15 @@ class RayBackend:
         pending = list(index)
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                done, pending = ray.wait(pending, num_returns=1, timeout=1.0)  # (Ctrl-C is seen between waits)
                 for ref in done:
                     cpu, out = ray.get(ref)  # re-raises a task's error (as its own type) here
                     yield index[ref], cpu, out
         finally:
-            for ref in pending:  # a running task gets KeyboardInterrupt: it releases its lease and stops
+            for ref in pending:  # a running task gets KeyboardInterrupt: it saves its state, frees its lease
                 ray.cancel(ref)
+            if pending:  # let them stop before Ray is shut down (a worker still writing would race a rerun)
+                ray.wait(pending, num_returns=len(pending), timeout=30)
 
     def close(self, *, terminate: bool = False) -> None:
         if self._started:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from singledir.experiments.backends import make_backend
+from singledir.experiments.backends import import_ray, make_backend
 from singledir.experiments.leases import Lease, journal
 
 # Version of the measurement code (reliance/ and the per-run analyses). Bump it with any change that
@@ -231,6 +231,8 @@ class Runner:
         self.device = device
         self.backend_name = backend
         self.address = address
+        if backend == "ray":
+            import_ray()  # fail now, with how to install it, not after the first claim
         self._backend = None
         self.trained: list[str] = []
         self.reused: list[str] = []
