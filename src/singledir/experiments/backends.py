@@ -127,12 +127,13 @@ class RayBackend:
         import os
 
         ray = self.ray
-        # the workers import singledir the way this process did (an installed package, or PYTHONPATH)
-        env = {k: os.environ[k] for k in ("PYTHONPATH",) if os.environ.get(k)}
-        kwargs = dict(runtime_env={"env_vars": env} if env else None, log_to_driver=False,
-                      logging_level="WARNING")
+        # workers' messages (e.g. a partial run moved aside) reach this terminal; Ray's own INFO lines do not
+        kwargs = dict(log_to_driver=True, logging_level="WARNING")
         if self.address in (None, "", "local"):
-            ray.init(num_cpus=self.jobs, include_dashboard=False, object_store_memory=80 * 2**20, **kwargs)
+            # a private instance: its workers import singledir the way this process did (PYTHONPATH too)
+            env = {k: os.environ[k] for k in ("PYTHONPATH",) if os.environ.get(k)}
+            ray.init(num_cpus=self.jobs, include_dashboard=False, object_store_memory=80 * 2**20,
+                     runtime_env={"env_vars": env} if env else None, **kwargs)
         else:
             try:
                 ray.init(address=self.address, **kwargs)
