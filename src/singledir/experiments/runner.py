@@ -12,7 +12,7 @@
     cannot be read is moved aside to ``runs/<name>.unreadable-<UTC time>`` (never deleted) and trained
     again; stderr says so.
   - ``runner.analyze(fn, run_dirs, params)`` calls ``fn(run_dir, **params) -> {name: DataFrame}`` for
-    each run (with ``device=`` too when ``fn`` takes it), caching the frames in
+    each run (with ``device=`` the runner's device when ``fn`` takes it and ``params`` do not name one), caching the frames in
     ``runs/<name>/analysis/<fn>-<key>.<name>.parquet``. The key hashes ``params``, the run's ``COMPLETE``
     stamp, the package version and :data:`ANALYSIS_VERSION` (plus the ``ANALYSIS_VERSION`` of ``fn``'s
     module, if it has one), so a retrained run or a fixed measurement is analysed again, and nothing
@@ -185,7 +185,7 @@ def analyze_one(fn: Callable, run_dir: str, params: dict, device: str = "cpu", w
         if index.is_file():
             return "cached"
         journal(folder / f"{stem}.jsonl", "analyze", fn=fn.__qualname__, device=device)
-        kwargs = dict(params, device=device) if _accepts_device(fn) else params
+        kwargs = dict(params, device=device) if "device" not in params and _accepts_device(fn) else params
         frames = fn(run_dir, **kwargs)
         for name, df in frames.items():
             atomic_write_parquet(folder / f"{stem}.{name}.parquet", df)
