@@ -135,7 +135,8 @@ def check_rerun_after_interruption_retrains_only_the_missing_run(smoke, out):
     victim = out / "runs" / before["claims"]["ensemble"]["runs"][0]
     for name in ("COMPLETE", "final.json", "model.safetensors"):  # killed after the last epoch's state was saved
         (victim / name).unlink()
-    others = [p for p in (out / "runs").rglob("*") if p.is_file() and victim not in p.parents]
+    others = [p for p in (out / "runs").rglob("*")  # (the victim's lease and journal are its own)
+              if p.is_file() and victim not in p.parents and not p.name.startswith(victim.name)]
     mtimes = {p: p.stat().st_mtime_ns for p in others}
     report_mtime = (out / "results.json").stat().st_mtime_ns
 

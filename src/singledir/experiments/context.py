@@ -37,14 +37,13 @@ class Context:
         return dirs
 
     def analyze(self, fn, run_dirs, params: dict | list[dict], desc: str) -> list[dict[str, pd.DataFrame]]:
-        """``fn(run_dir, **params, device=<the runner's device>)`` for each run (cached; see :meth:`Runner.analyze`).
+        """``fn(run_dir, **params)`` for each run, cached (see :meth:`Runner.analyze`).
 
-        ``params``: one dict for all runs or one per run. The device is part of the cached key: results
-        on another device may differ in the last bits.
+        ``params``: one dict for all runs or one per run. The runner passes its device to every ``fn``
+        that takes one; the device is not part of the cache key (results on another device differ only
+        at float level).
         """
-        device = str(self.runner.device)
-        plist = dict(params, device=device) if isinstance(params, dict) else [dict(p, device=device) for p in params]
-        return self.runner.analyze(fn, run_dirs, plist, desc=f"{self.claim}: {desc}")
+        return self.runner.analyze(fn, run_dirs, params, desc=f"{self.claim}: {desc}")
 
     def figure(self, fig, name: str, caption: str) -> None:
         """Save a matplotlib figure as ``figures/<claim>-<name>.{png,svg}`` and remember it for the report."""

@@ -106,10 +106,12 @@ def _runs_info(runs_dir: Path, names) -> tuple[dict, dict]:
 
 
 def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = None, data_dir=None,
-              device: str = "cpu", jobs: int = 1, progress: bool = True, command: str | None = None) -> dict:
+              device: str = "cpu", jobs: int = 1, progress: bool = True, command: str | None = None,
+              backend: str = "local", address: str | None = None) -> dict:
     """Run ``claims`` (all when None) with ``preset`` and write the report to ``out``; return results.json's dict.
 
-    ``device`` (``"cpu"``/``"cuda"``) is where every network is trained and analysed.
+    ``device`` (``"cpu"``/``"cuda"``) is where every network is trained and analysed; ``backend``
+    (``"local"`` or ``"ray"``, with ``address``) is where the jobs run.
     """
     from tqdm.auto import tqdm
 
@@ -144,7 +146,8 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
     }
     results: list[ClaimResult] = []
     errors = []
-    with Runner(out / "runs", jobs=jobs, progress=progress, data_dir=data_dir, device=device) as runner, \
+    with Runner(out / "runs", jobs=jobs, progress=progress, data_dir=data_dir, device=device, backend=backend,
+                address=address) as runner, \
             tqdm(total=len(claims), desc="reproduce", unit="claim", position=0, disable=not progress,
                  dynamic_ncols=True) as bar:
         for name in claims:
@@ -185,7 +188,8 @@ def _finish(doc: dict, results: list[ClaimResult], errors: list[str], out: Path,
         claims={r.name: r.to_dict() for r in results},
         runs=runs,
         data=data,
-        cache={"trained_now": sorted(set(runner.trained)), "reused": sorted(set(runner.reused))},
+        cache={"trained_now": sorted(set(runner.trained)), "reused": sorted(set(runner.reused)),
+               "analyses": runner.analyses, "backend": runner.backend_name},
         errors=errors,
     )))
 

@@ -1,33 +1,55 @@
 """The run cache and the job pool: train what is missing, analyse what is not cached, in parallel.
 
 - :func:`run_name` -- a deterministic directory name for a training config (readable prefix + hash).
-- :class:`Runner` -- owns ``REPORT_DIR/runs`` and a process pool:
+- :data:`ANALYSIS_VERSION` -- the version of the measurement code: bump it in any change that alters a
+  measured number, so every cached analysis is computed again.
+- :class:`Runner` -- owns ``REPORT_DIR/runs`` and a backend (this process, a process pool, or Ray; see
+  :mod:`.backends`):
 
   - ``runner.train(configs)`` makes sure every config has a complete run in ``runs/<run_name>``: a
     complete run (``COMPLETE`` marker) is reused untouched, an interrupted one is resumed, a missing one
-    is trained. Independent runs train in parallel worker processes when ``jobs > 1``.
+    is trained. Independent runs train in parallel when ``jobs > 1``. A partial run whose resume state
+    cannot be read is moved aside to ``runs/<name>.unreadable-<UTC time>`` (never deleted) and trained
+    again; stderr says so.
   - ``runner.analyze(fn, run_dirs, params)`` calls ``fn(run_dir, **params) -> {name: DataFrame}`` for
-    each run, caching the frames in ``runs/<name>/analysis/<fn>-<key>.<name>.parquet``. The key hashes
-    ``params`` and the run's ``COMPLETE`` stamp, so a retrained run is re-analysed and nothing finished
-    is ever computed twice.
+    each run (with ``device=`` the runner's device when ``fn`` takes it and ``params`` do not name one), caching the frames in
+    ``runs/<name>/analysis/<fn>-<key>.<name>.parquet``. The key hashes ``params``, the run's ``COMPLETE``
+    stamp, the package version and :data:`ANALYSIS_VERSION` (plus the ``ANALYSIS_VERSION`` of ``fn``'s
+    module, if it has one), so a retrained run or a fixed measurement is analysed again, and nothing
+    finished is ever computed twice. ``runner.analyses`` lists, per run and analysis, whether the
+    result came from the cache (``cached``) -- the report shows it.
 
-Workers are spawned (not forked: a forked child of a process that already used OpenMP threads can
-hang) and each sets ``torch.set_num_threads(1)``; with ``jobs == 1`` everything runs in this process.
+Safe under concurrency: several processes (or Ray workers on many hosts) may share one ``runs`` folder.
+Each training and each analysis is done under a lease (:mod:`.leases`: ``runs/.leases/<name>``,
+``runs/<name>/analysis/<stem>.lease``); a worker that finds a lease held moves on to other work and
+comes back to wait for it at the end; a dead holder's lease is taken over and its partial run resumed.
+Every training, resume and analysis is logged in ``runs/.journal/<name>.jsonl`` / ``<stem>.jsonl``
+(who, where, when), so one can check that nothing was done twice.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+
+from singledir.experiments.backends import import_ray, make_backend
+from singledir.experiments.leases import Lease, journal
+
+# Version of the measurement code (reliance/ and the per-run analyses). Bump it with any change that
+# alters a measured number: cached analyses made with another version are computed again.
+ANALYSIS_VERSION = 2
+
+BUSY = "busy"  # a job found its lease held by another live worker
 
 # Settings that do not change what a run computes (where the data lives, which device trained it).
 _NOT_IN_KEY = ("data_dir", "device", "eval_batch_size")
@@ -56,46 +78,86 @@ def run_name(config: dict) -> str:
     return "-".join(parts) + "-" + _hash(key)
 
 
+def lease_path(run_dir) -> Path:
+    run_dir = Path(run_dir)
+    return run_dir.parent / ".leases" / run_dir.name
+
+
+def journal_path(run_dir) -> Path:
+    """``runs/.journal/<name>.jsonl``: one line per training or resume of the run (see :mod:`.leases`)."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / ".journal" / f"{run_dir.name}.jsonl"
+
+
+def move_aside(run_dir) -> Path:
+    """Rename ``run_dir`` to ``<run_dir>.unreadable-<UTC time>`` (never delete a run); returns the new path."""
+    run_dir = Path(run_dir)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = run_dir.with_name(f"{run_dir.name}.unreadable-{stamp}")
+    os.rename(run_dir, aside)
+    return aside
+
+
 # ---------------------------------------------------------------------------- work done in workers
-def _init_worker(threads: int) -> None:
-    import torch
+def train_one(config: dict, run_dir: str, wait: bool = False) -> str:
+    """Leave a complete run in ``run_dir``: reuse it, resume it, or train it, under the run's lease.
 
-    torch.set_num_threads(threads)
-
-
-def train_one(config: dict, run_dir: str) -> str:
-    """Leave a complete run in ``run_dir``: reuse it, resume it, or train it. Returns ``run_dir``."""
+    Returns ``"reused"`` (complete already, or finished by another worker), ``"resumed"``, ``"trained"``,
+    or ``"busy"`` when another live worker holds the lease and ``wait`` is false.
+    """
     from singledir.errors import RunDirError
     from singledir.training import rundir as rd
     from singledir.training import train
 
     out = Path(run_dir)
     if rd.is_complete(out):
-        return run_dir
-    if (out / rd.CONFIG).is_file():
-        try:
-            train(config, out, resume=True, progress=False)
-            return run_dir
-        except RunDirError:  # unreadable resume state: start this run again
-            pass
-        train(config, out, overwrite=True, progress=False)
-        return run_dir
-    if out.exists():  # killed before its config was written: nothing in it is worth keeping
-        shutil.rmtree(out)
-    train(config, out, progress=False)
-    return run_dir
+        return "reused"
+    lease = Lease(lease_path(out))
+    if not lease.acquire(wait=wait):
+        return BUSY
+    try:
+        if rd.is_complete(out):  # the holder we waited for finished it
+            return "reused"
+        took = {"taken_over_from": {k: lease.taken_over.get(k) for k in ("host", "pid")}} if lease.taken_over else {}
+        if (out / rd.CONFIG).is_file():
+            journal(journal_path(out), "resume", **took)
+            try:
+                train(config, out, resume=True, progress=False)
+                return "resumed"
+            except RunDirError as err:  # unreadable resume state: keep it for a post-mortem, train again
+                aside = move_aside(out)
+                journal(journal_path(out), "moved-aside", to=aside.name, reason=str(err))
+                print(f"singledir: cannot resume the partial run {out} ({err}); moved it to {aside} and "
+                      f"training it again", file=sys.stderr, flush=True)
+        elif out.exists():  # killed before its config was written: nothing of a run in it yet
+            shutil.rmtree(out)
+        journal(journal_path(out), "train", **took)
+        train(config, out, progress=False)
+        return "trained"
+    finally:
+        lease.release()
 
 
-def _timed(fn: Callable, *args) -> float:
-    """Run ``fn(*args)`` in a worker; return the CPU seconds it took there (for the report)."""
-    t0 = time.process_time()
-    fn(*args)
-    return time.process_time() - t0
+def _accepts_device(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _code_versions(fn: Callable) -> dict:
+    import singledir
+
+    module = sys.modules.get(fn.__module__)
+    return {"singledir": singledir.__version__, "analysis": ANALYSIS_VERSION,
+            "module": getattr(module, "ANALYSIS_VERSION", None)}
 
 
 def _cache_paths(run_dir: Path, fn: Callable, params: dict) -> tuple[Path, str]:
     stamp = (run_dir / "COMPLETE").read_text(encoding="utf-8").strip()
-    key = _hash({"fn": f"{fn.__module__}.{fn.__qualname__}", "params": params, "run": stamp})
+    key = _hash({"fn": f"{fn.__module__}.{fn.__qualname__}", "params": params, "run": stamp,
+                 "code": _code_versions(fn)})
     return run_dir / "analysis", f"{fn.__name__}-{key}"
 
 
@@ -103,24 +165,35 @@ def _index_path(folder: Path, stem: str) -> Path:
     return folder / f"{stem}.json"
 
 
-def analyze_one(fn: Callable, run_dir: str, params: dict) -> str:
-    """Compute ``fn(run_dir, **params)`` and store its frames (atomically; an index file is written last)."""
+def analyze_one(fn: Callable, run_dir: str, params: dict, device: str = "cpu", wait: bool = False) -> str:
+    """Compute ``fn(run_dir, **params)`` and store its frames, under the analysis' lease.
+
+    Frames are written atomically, the index file last. Returns ``"cached"`` (done already, here or by
+    another worker), ``"computed"``, or ``"busy"`` (held by another live worker and ``wait`` is false).
+    """
+    from singledir.io import atomic_write_json, atomic_write_parquet
+
     run_dir = Path(run_dir)
     folder, stem = _cache_paths(run_dir, fn, params)
     index = _index_path(folder, stem)
     if index.is_file():
-        return str(run_dir)
-    frames = fn(run_dir, **params)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, df in frames.items():
-        path = folder / f"{stem}.{name}.parquet"
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    tmp = index.with_name(index.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"fn": fn.__qualname__, "params": params, "frames": sorted(frames)}, default=str))
-    os.replace(tmp, index)
-    return str(run_dir)
+        return "cached"
+    lease = Lease(folder / f"{stem}.lease")
+    if not lease.acquire(wait=wait):
+        return BUSY
+    try:
+        if index.is_file():
+            return "cached"
+        journal(folder / f"{stem}.jsonl", "analyze", fn=fn.__qualname__, device=device)
+        kwargs = dict(params, device=device) if "device" not in params and _accepts_device(fn) else params
+        frames = fn(run_dir, **kwargs)
+        for name, df in frames.items():
+            atomic_write_parquet(folder / f"{stem}.{name}.parquet", df)
+        atomic_write_json(index, {"fn": fn.__qualname__, "params": params, "code": _code_versions(fn),
+                                  "frames": sorted(frames)})
+        return "computed"
+    finally:
+        lease.release()
 
 
 def load_analysis(fn: Callable, run_dir, params: dict) -> dict[str, pd.DataFrame]:
@@ -138,35 +211,46 @@ def is_analyzed(fn: Callable, run_dir, params: dict) -> bool:
 
 # ---------------------------------------------------------------------------- the runner
 class Runner:
-    """Trains and analyses runs under ``runs_dir`` with ``jobs`` worker processes (see module doc)."""
+    """Trains and analyses runs under ``runs_dir`` on a backend with ``jobs`` workers (see module doc).
 
-    def __init__(self, runs_dir, *, jobs: int = 1, progress: bool = True, data_dir=None, device="cpu"):
+    ``backend``: ``"local"`` (this process when ``jobs == 1``, else a process pool) or ``"ray"``
+    (``address``: None starts a local Ray instance with ``jobs`` CPUs; ``"auto"`` joins a cluster). The
+    backend starts on the first job, so a fully cached reproduction starts nothing.
+
+    After use: ``trained`` (run names trained or resumed here), ``reused`` (complete already or finished
+    by another worker), ``analyses`` (one dict per run and analysis: ``run``, ``analysis``, ``key``,
+    ``cached``), ``worker_cpu_seconds``.
+    """
+
+    def __init__(self, runs_dir, *, jobs: int = 1, progress: bool = True, data_dir=None, device="cpu",
+                 backend: str = "local", address: str | None = None):
         self.runs_dir = Path(runs_dir)
         self.jobs = max(1, int(jobs))
         self.progress = progress
         self.data_dir = data_dir
         self.device = device
-        self._pool: ProcessPoolExecutor | None = None
-        self.trained: list[str] = []  # run names trained or resumed by this runner (not reused)
+        self.backend_name = backend
+        self.address = address
+        if backend == "ray":
+            import_ray()  # fail now, with how to install it, not after the first claim
+        self._backend = None
+        self.trained: list[str] = []
         self.reused: list[str] = []
+        self.analyses: list[dict] = []
         self.worker_cpu_seconds = 0.0  # CPU time spent in worker processes
 
-    # -------------------------------------------------------------- pool
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(1,)
-            )
-        return self._pool
+    # -------------------------------------------------------------- backend
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = make_backend(self.backend_name, jobs=self.jobs, device=self.device, address=self.address)
+        return self._backend
 
     def close(self, *, terminate: bool = False) -> None:
-        """Shut the pool down; ``terminate`` stops running workers at once (their runs stay resumable)."""
-        if self._pool is not None:
-            if terminate:
-                for proc in list(getattr(self._pool, "_processes", {}).values()):
-                    proc.terminate()
-            self._pool.shutdown(wait=not terminate, cancel_futures=True)
-            self._pool = None
+        """Stop the backend; ``terminate`` stops running workers at once (their runs stay resumable)."""
+        if self._backend is not None:
+            self._backend.close(terminate=terminate)
+            self._backend = None
 
     def __enter__(self) -> Runner:
         return self
@@ -174,31 +258,33 @@ class Runner:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(terminate=exc_type is not None)
 
-    def _map(self, fn: Callable, calls: Sequence[tuple], desc: str) -> None:
-        """Call ``fn(*args)`` for each args tuple, in the pool when ``jobs > 1``; a step progress bar."""
+    def _map(self, fn: Callable, calls: Sequence[tuple], desc: str) -> list:
+        """``fn(*args, wait)`` for each args tuple on the backend; the results in the order of ``calls``.
+
+        First pass with ``wait=False``: jobs whose lease another worker holds come back ``"busy"``; a
+        second pass waits for those (by then the other worker has usually finished them).
+        """
         from tqdm.auto import tqdm
 
+        results: list = [None] * len(calls)
         if not calls:
-            return
+            return results
         with tqdm(total=len(calls), desc=desc, unit="job", leave=False, disable=not self.progress,
                   dynamic_ncols=True, position=1) as bar:
-            if self.jobs == 1 or len(calls) == 1:
-                for args in calls:
-                    fn(*args)
+            todo = list(range(len(calls)))
+            for wait in (False, True):
+                busy = []
+                for j, cpu, out in self.backend.map_unordered(fn, [(*calls[i], wait) for i in todo]):
+                    self.worker_cpu_seconds += cpu
+                    if out == BUSY:
+                        busy.append(todo[j])
+                        continue
+                    results[todo[j]] = out
                     bar.update(1)
-                return
-            pool = self._executor()
-            pending = {pool.submit(_timed, fn, *args) for args in calls}
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        self.worker_cpu_seconds += fut.result()  # re-raises a worker's error here
-                        bar.update(1)
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+                todo = busy
+                if not todo:
+                    break
+        return results
 
     # -------------------------------------------------------------- public API
     def config(self, config: dict) -> dict:
@@ -227,11 +313,12 @@ class Runner:
                 self.reused.append(d.name)
             else:
                 todo.append((c, str(d)))
-                self.trained.append(d.name)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         # longest first (by epoch cap), so the pool is not left waiting on one long run at the end
         todo.sort(key=lambda t: -_cost_hint(t[0]))
-        self._map(train_one, todo, f"{desc} ({len(todo)} to train, {len(seen) - len(todo)} cached)")
+        done = self._map(train_one, todo, f"{desc} ({len(todo)} to train, {len(seen) - len(todo)} cached)")
+        for (_, d), what in zip(todo, done):
+            (self.reused if what == "reused" else self.trained).append(Path(d).name)
         return dirs
 
     def analyze(self, fn: Callable, run_dirs: Sequence[Path], params: dict | Sequence[dict], desc: str = "analyze"
@@ -241,14 +328,22 @@ class Runner:
         ``params``: one dict for all runs, or one dict per run (e.g. a checkpoint epoch each).
         """
         plist = [params] * len(run_dirs) if isinstance(params, dict) else list(params)
-        calls = [(fn, str(d), p) for d, p in zip(run_dirs, plist)]
-        todo, seen = [], set()
-        for c in calls:
-            key = (c[1], json.dumps(c[2], sort_keys=True, default=str))
-            if key not in seen and not is_analyzed(fn, c[1], c[2]):
-                todo.append(c)
-            seen.add(key)
-        self._map(analyze_one, todo, f"{desc} ({len(todo)} to do, {len(seen) - len(todo)} cached)")
+        todo, seen, log = [], {}, []
+        for d, p in zip(run_dirs, plist):
+            key = (str(d), json.dumps(p, sort_keys=True, default=str))
+            if key in seen:
+                continue
+            cached = is_analyzed(fn, d, p)
+            seen[key] = {"run": Path(d).name, "analysis": fn.__name__, "key": _cache_paths(Path(d), fn, p)[1],
+                         "cached": cached}
+            log.append(seen[key])
+            if not cached:
+                todo.append((key, (fn, str(d), p, self.device)))
+        done = self._map(analyze_one, [c for _, c in todo],
+                         f"{desc} ({len(todo)} to do, {len(seen) - len(todo)} cached)")
+        for (key, _), what in zip(todo, done):
+            seen[key]["cached"] = what == "cached"  # finished meanwhile by another worker
+        self.analyses.extend(log)
         return [load_analysis(fn, d, p) for d, p in zip(run_dirs, plist)]
 
 

@@ -123,6 +123,15 @@ def _machine_line(doc: dict) -> str:
             f"device {m.get('device')}{cuda}, {m.get('jobs')} job(s)")
 
 
+def _analyses_line(doc: dict) -> str:
+    """How many per-run analyses were computed now and which came from the cache (``cache.analyses``)."""
+    rows = doc.get("cache", {}).get("analyses", [])
+    cached = [f"{r['analysis']}({r['run']})" for r in rows if r.get("cached")]
+    shown = cached[:12] + ([f"... ({len(cached) - 12} more)"] if len(cached) > 12 else [])
+    text = f"{len(rows) - len(cached)} computed by this invocation, {len(cached)} from the cache"
+    return html.escape(text + (": " + ", ".join(shown) if cached else ""))
+
+
 def _code_line(doc: dict) -> str:
     c = doc.get("code", {})
     rev = c.get("git_revision")
@@ -150,7 +159,8 @@ def render_html(out: Path, doc: dict) -> str:
          f"<tr><td>statistics</td><td>{html.escape(_statistics_line(doc))}</td></tr>",
          f"<tr><td>runs</td><td>{len(doc.get('runs', {}))} networks "
          f"({len(doc.get('cache', {}).get('trained_now', []))} trained by this invocation, "
-         f"{len(doc.get('cache', {}).get('reused', []))} reused from the cache)</td></tr></table>",
+         f"{len(doc.get('cache', {}).get('reused', []))} reused from the cache)</td></tr>",
+         f"<tr><td>analyses</td><td>{_analyses_line(doc)}</td></tr></table>",
          "<h2 id='summary'>Summary</h2>",
          "<table id='summary-table'><tr><th>claim</th><th>verdict</th><th>key statistic</th><th>wall time (CPU time)</th></tr>"]
     for s in doc.get("summary", []):
