@@ -10,6 +10,8 @@ Measurements (work on any ``torch.nn.Module``; layers are dotted module names):
 
 Runs: :func:`load_run` loads a training run made by ``singledir train``.
 
+Generalization measures: :mod:`singledir.measures` (``sd.measures.measure_run(run_dir)``, ``measure_all``).
+
 Example::
 
     import singledir as sd
@@ -36,10 +38,12 @@ _LAZY = {
     "SingledirError": "singledir.errors",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted(_LAZY) + ["__version__", "measures"]
 
 
 def __getattr__(name: str):
+    if name == "measures":  # the generalization-measure subpackage, imported on first use
+        return importlib.import_module("singledir.measures")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'singledir' has no attribute {name!r}")
