@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "layers": "layers",
     "analyze": "analyze",
     "reproduce": "reproduce",
+    "zoo": "zoo",
+    "measures": "measures",
 }
 
 

@@ -343,13 +343,16 @@ def measure_all(model: torch.nn.Module, train_data, *, init_model: torch.nn.Modu
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def measure_run(run_dir, *, names: Sequence[str] | None = None, settings: MeasureSettings | None = None
-                ) -> pd.DataFrame:
+def measure_run(run_dir, *, names: Sequence[str] | None = None, settings: MeasureSettings | None = None,
+                device: str = "cpu") -> pd.DataFrame:
     """:func:`measure_all` for a complete run directory: final weights, the labels it trained on, its
-    initial weights (:func:`~.weights.initial_model`), and m = its training-set size."""
+    initial weights (:func:`~.weights.initial_model`), and m = its training-set size. ``device``: where
+    the model is evaluated ("cpu" or "cuda")."""
+    from singledir.devices import resolve_device
     from singledir.training import load_run
 
+    dev = resolve_device(device)
     run = load_run(run_dir)
     ds = run.data
-    return measure_all(run.model, (ds.x_train, ds.y_train), init_model=initial_model(run_dir), names=names,
+    return measure_all(run.model.to(dev), (ds.x_train, ds.y_train), init_model=initial_model(run_dir), names=names,
                        settings=settings)
