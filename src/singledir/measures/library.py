@@ -228,10 +228,12 @@ def weightwatcher_summary(model: nn.Module) -> dict[str, float]:
     largest eigenvalue), Martin & Mahoney 2021. WeightWatcher skips layers smaller than its minimum size;
     a model with no analysable layer is an error. Its console output is suppressed."""
     import logging
+    import warnings
 
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its own deprecation warnings, not the user's business
         import weightwatcher as ww
 
         watcher = ww.WeightWatcher(model=copy.deepcopy(model).cpu())
