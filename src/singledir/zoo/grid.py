@@ -6,7 +6,7 @@ Offers:
   >= 99% on the run's labels, with an epoch cap, as in Jiang et al. 2020), the hyperparameter axes
   (TrainConfig field -> values), the seeds, and the measure settings.
 - :data:`PRESETS` -- ``smoke`` (16 MLPs on digits, seconds, for tests), ``quick`` (128 MLPs on a
-  1,000-example Fashion-MNIST training subset tested on all 10,000 test images: <= 20 minutes on 2 CPU
+  500-example Fashion-MNIST training subset tested on all 10,000 test images: <= 20 minutes on 2 CPU
   cores), ``paper`` (2,916 MLPs over 6 axes x 3 values x 4 seeds: for a GPU or a cluster).
 - :func:`grid_configs` -- one training config per (grid cell, seed), in a stable order.
 
@@ -75,13 +75,13 @@ PRESETS: dict[str, ZooPreset] = {
     "quick": ZooPreset(
         name="quick",
         dataset="fashion-mnist",
-        base={**_STOP, "train_subset": 1000, "max_epochs": 120},
-        axes={"width": [64, 256], "depth": [1, 2], "lr": [5e-4, 2e-3], "batch_size": [32, 128],
+        base={**_STOP, "train_subset": 500, "max_epochs": 100},
+        axes={"width": [32, 128], "depth": [1, 2], "lr": [1e-3, 3e-3], "batch_size": [32, 128],
               "dropout": [0.0, 0.3]},
         seeds=(0, 1, 2, 3),
         measures={"n_reliance": 500, "reliance_repeats": 2, "n_flatness": 500, "mc_samples": 5, "search_depth": 10,
                   "sharpness_depth": 8, "sharpness_steps": 3, "n_jacobian": 128, "n_db": 500},
-        description="128 MLPs (5 axes x 2 values x 4 seeds) on 1,000 Fashion-MNIST training images, "
+        description="128 MLPs (5 axes x 2 values x 4 seeds) on 500 Fashion-MNIST training images, "
                     "tested on all 10,000 test images",
     ),
     "paper": ZooPreset(
