@@ -36,18 +36,11 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from singledir.cli.reproduce import default_jobs
-    from singledir.errors import SingledirError
     from singledir.zoo.bench import run_zoo
-    from singledir.zoo.grid import PRESETS
+    from singledir.zoo.grid import get_preset
     from singledir.zoo.report import leaderboard
 
-    if args.preset not in PRESETS:
-        raise SingledirError(f"unknown zoo preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    if args.dataset is not None:
-        from singledir.data import DATASETS
-
-        if args.dataset not in DATASETS:
-            raise SingledirError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
+    get_preset(args.preset)  # an unknown preset fails before any work (an unknown dataset too, in TrainConfig)
     jobs = args.jobs or default_jobs(args.device)
     doc = run_zoo(args.out, args.preset, dataset=args.dataset, data_dir=args.data_dir, jobs=jobs,
                   device=args.device, progress=not args.quiet)

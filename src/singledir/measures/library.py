@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
 import io
 import math
 
@@ -142,6 +143,23 @@ def margin_percentile(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> flo
 
 
 # ---------------------------------------------------------------------------- flatness
+def _bisect(drop_at: Callable[[float], float], *, target: float, tolerance: float, depth: int, upper: float) -> float:
+    """Bisect ``v`` in ``[0, upper]`` until ``drop_at(v)`` (an accuracy drop, rising with v) is
+    ``target +- tolerance`` or ``depth`` steps are done; returns the last midpoint (RGM's search)."""
+    lo, hi = 0.0, float(upper)
+    v = hi
+    for _ in range(depth):
+        v = (lo + hi) / 2
+        drop = drop_at(v)
+        if abs(drop - target) < tolerance:
+            break
+        if drop > target:
+            hi = v
+        else:
+            lo = v
+    return float(v)
+
+
 @torch.no_grad()
 def pacbayes_sigma(model: nn.Module, x, y, *, magnitude_aware: bool = False, target: float = 0.1,
                    tolerance: float = 0.01, search_depth: int = 15, mc_samples: int = 10, upper: float = 2.0,
@@ -155,10 +173,8 @@ def pacbayes_sigma(model: nn.Module, x, y, *, magnitude_aware: bool = False, tar
     noisy = copy.deepcopy(model).eval()
     params0 = [p.detach().clone() for p in model.parameters()]
     gen = torch.Generator().manual_seed(seed)
-    lo, hi = 0.0, float(upper)
-    sigma = hi
-    for _ in range(search_depth):
-        sigma = (lo + hi) / 2
+
+    def drop_at(sigma: float) -> float:
         accs = []
         for _ in range(mc_samples):
             for p, p0 in zip(noisy.parameters(), params0):
@@ -166,14 +182,9 @@ def pacbayes_sigma(model: nn.Module, x, y, *, magnitude_aware: bool = False, tar
                 std = torch.sqrt(sigma**2 * p0.cpu() ** 2 + eps**2) if magnitude_aware else sigma
                 p.copy_(p0 + (z * std).to(p0.device))
             accs.append(_accuracy(noisy, x, y))
-        drop = base - float(np.mean(accs))
-        if abs(drop - target) < tolerance:
-            break
-        if drop > target:
-            hi = sigma
-        else:
-            lo = sigma
-    return float(sigma)
+        return base - float(np.mean(accs))
+
+    return _bisect(drop_at, target=target, tolerance=tolerance, depth=search_depth, upper=upper)
 
 
 def sharpness_magnitude(model: nn.Module, x, y, *, target: float = 0.1, tolerance: float = 0.01,
@@ -184,18 +195,16 @@ def sharpness_magnitude(model: nn.Module, x, y, *, target: float = 0.1, toleranc
     in ``w +- a|w|``; stop when the training accuracy falls by ``target +- tolerance``. Returns ``a``;
     the sharpness complexity is 1 / a^2. (The ascent rule is ours -- the baseline used an optimizer step
     -- chosen so the step scales with the box.)"""
+    from singledir.devices import model_device
+
     base = _accuracy(model, x, y)
     pert = copy.deepcopy(model).eval()
     params0 = [p.detach().clone() for p in model.parameters()]
     gen = torch.Generator().manual_seed(seed)
-    lo, hi = 0.0, float(upper)
-    a = hi
-    from singledir.devices import model_device
-
     dev = model_device(model)
     xd, yd = x.to(dev), y.to(dev)
-    for _ in range(search_depth):
-        a = (lo + hi) / 2
+
+    def drop_at(a: float) -> float:
         with torch.no_grad():
             for p, p0 in zip(pert.parameters(), params0):
                 u = torch.rand(p0.shape, generator=gen, dtype=p0.dtype).to(p0.device) * 2 - 1
@@ -211,14 +220,9 @@ def sharpness_magnitude(model: nn.Module, x, y, *, target: float = 0.1, toleranc
                     p.add_(p.grad.sign() * box / 2)
                     p.copy_(torch.maximum(torch.minimum(p, p0 + box), p0 - box))
         pert.zero_grad(set_to_none=True)
-        drop = base - _accuracy(pert, x, y)
-        if abs(drop - target) < tolerance:
-            break
-        if drop > target:
-            hi = a
-        else:
-            lo = a
-    return float(a)
+        return base - _accuracy(pert, x, y)
+
+    return _bisect(drop_at, target=target, tolerance=tolerance, depth=search_depth, upper=upper)
 
 
 # ---------------------------------------------------------------------------- others
