@@ -135,3 +135,9 @@ def test_cli_measures_on_a_run(smoke, capsys, tmp_path):
 def test_cli_measures_bad_run_dir(capsys, tmp_path):
     assert main(["measures", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_unknown_dataset_fails_before_any_training(tmp_path):
+    with pytest.raises(SingledirError, match="unknown dataset 'nope'"):
+        run_zoo(tmp_path / "z", "smoke", dataset="nope", progress=False)
+    assert not any((tmp_path / "z" / "runs").glob("*/COMPLETE"))
