@@ -10,6 +10,11 @@ Offers:
   cores), ``paper`` (2,916 MLPs over 6 axes x 3 values x 4 seeds: for a GPU or a cluster).
 - :func:`grid_configs` -- one training config per (grid cell, seed), in a stable order.
 
+Why label corruption is a quick axis: without it every quick model's gap lies within ~0.04 of the others
+(std 0.007 measured on a 32 x 4 grid over width, depth, lr, batch size and dropout), below the ~0.02
+test noise that the sign-error weights discard, so no environment survived; 20% corrupted labels move
+the gap by ~0.05.
+
 Why 4 seeds in quick: Dziugaite et al.'s robust sign-error keeps an environment (two settings that
 differ in one axis) only when its effective sample size reaches 12, and with s seeds an environment has
 at most s^2 = 16 model pairs.
@@ -75,9 +80,9 @@ PRESETS: dict[str, ZooPreset] = {
     "quick": ZooPreset(
         name="quick",
         dataset="fashion-mnist",
-        base={**_STOP, "train_subset": 500, "max_epochs": 100},
+        base={**_STOP, "train_subset": 500, "max_epochs": 200},
         axes={"width": [32, 128], "depth": [1, 2], "lr": [1e-3, 3e-3], "batch_size": [32, 128],
-              "dropout": [0.0, 0.3]},
+              "corrupt": [0.0, 0.2]},
         seeds=(0, 1, 2, 3),
         measures={"n_reliance": 500, "reliance_repeats": 2, "n_flatness": 500, "mc_samples": 5, "search_depth": 10,
                   "sharpness_depth": 8, "sharpness_steps": 3, "n_jacobian": 128, "n_db": 500},
