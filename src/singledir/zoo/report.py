@@ -51,6 +51,7 @@ def leaderboard(doc: dict) -> pd.DataFrame:
             "cmi_x100": None if m.get("cmi") is None else 100 * m["cmi"],
             "sign_error_mean": m.get("sign_error_mean"),
             "sign_error_max": m.get("sign_error_max"),
+            "environments": m.get("n_environments", 0),
             "seconds_per_model": m.get("seconds_per_model"),
             "missing": len(doc.get("missing", {}).get(name, {})),
             "published": PUBLISHED.get(name, ""),
@@ -115,11 +116,21 @@ def _figures(out: Path, doc: dict, table: pd.DataFrame, board: pd.DataFrame) -> 
     return made
 
 
+def _worst_per_axis(doc: dict, board: pd.DataFrame) -> pd.DataFrame:
+    """Measures x axes: the worst (max) sign error over each axis's environments, in leaderboard order."""
+    rows = []
+    for name in board.get("measure", []):
+        per = doc["measures"][name].get("sign_error_per_axis") or {}
+        if per:
+            rows.append({"measure": name, **{a: (per.get(a) or {}).get("max") for a in doc["axes"]}})
+    return pd.DataFrame(rows)
+
+
 def _md_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_f(v) if isinstance(v, float) else str(v) for v in r) + " |")
+        lines.append("| " + " | ".join(_f(v) if isinstance(v, float) or v is None else str(v) for v in r) + " |")
     return "\n".join(lines)
 
 
@@ -155,7 +166,7 @@ def write_report(out, doc: dict, table: pd.DataFrame) -> None:
         "Measures are oriented as complexities (larger predicts a larger gap). Sorted by granulated Kendall psi. "
         "tau: Kendall's tau over all models with a 95% bootstrap interval over models; CMI x 100: PGDL conditional "
         "mutual information (ignores the sign); sign error: Dziugaite et al.'s robust sign-error, mean and worst "
-        "environment (lower is better). The *published* column quotes numbers from other zoos (PGDL's and "
+        "environment (lower is better), over the environments kept (effective sample size >= 12). The *published* column quotes numbers from other zoos (PGDL's and "
         "Fantastic's networks and datasets differ from ours): context, not a like-for-like comparison.",
         "",
         _md_table(_board_view(board)) if not board.empty else f"No scores: {doc.get('score_error')}",
@@ -163,9 +174,16 @@ def write_report(out, doc: dict, table: pd.DataFrame) -> None:
     ]
     if figs:
         md += [f"![{Path(f).stem}]({f})" for f in figs] + [""]
+    worst = _worst_per_axis(doc, board)
+    if not worst.empty:
+        md += ["## Robust sign-error per axis (worst environment; n/a = no environment kept)", "", _md_table(worst), ""]
     errs = {n: m["cmi_error"] for n, m in doc["measures"].items() if m.get("cmi_error")}
+    cmi_line = ""
     if errs:
-        md += ["CMI could not be computed for: " + "; ".join(f"{n}: {e}" for n, e in list(errs.items())[:3]), ""]
+        reasons = sorted(set(errs.values()))
+        cmi_line = (f"CMI could not be computed for {len(errs)} measure(s): " + "; ".join(reasons[:3])
+                    + (f" (and {len(reasons) - 3} other reasons)" if len(reasons) > 3 else ""))
+        md += [cmi_line, ""]
     md += [f"## Unconverged models ({len(unconv)})", ""]
     md += [f"- {u['run']}: train acc {_f(u['train_acc'])} after {u['epochs']} epochs" for u in unconv] or ["none"]
     md += ["", "## Missing measure values", ""]
@@ -187,11 +205,18 @@ def write_report(out, doc: dict, table: pd.DataFrame) -> None:
             d = r._asdict()
             style = ' style="background:#fff3c4"' if d["reliance"] else ""
             body.append(f"<tr{style}>" + "".join(
-                f"<td>{esc(_f(d[c]) if isinstance(d[c], float) else d[c])}</td>" for c in cols) + "</tr>")
+                f"<td>{esc(_f(d[c]) if isinstance(d[c], float) or d[c] is None else d[c])}</td>" for c in cols) + "</tr>")
         body.append("</table>")
     else:
         body.append(f"<p>No scores: {esc(doc.get('score_error'))}</p>")
     body += [f'<p><img src="{esc(f)}" style="max-width:100%"></p>' for f in figs]
+    if not worst.empty:
+        body.append("<h2>Robust sign-error per axis (worst environment)</h2><table><tr>"
+                    + "".join(f"<th>{esc(c)}</th>" for c in worst.columns) + "</tr>" + "".join(
+                        "<tr>" + "".join(f"<td>{esc(_f(v) if isinstance(v, float) or v is None else v)}</td>" for v in r)
+                        + "</tr>" for r in worst.itertuples(index=False)) + "</table>")
+    if cmi_line:
+        body.append(f"<p>{esc(cmi_line)}</p>")
     body.append(f"<h2>Unconverged models ({len(unconv)})</h2><ul>" + "".join(
         f"<li>{esc(u['run'])}: train acc {_f(u['train_acc'])} after {u['epochs']} epochs</li>" for u in unconv) + "</ul>")
     body.append("<h2>Missing measure values</h2><ul>" + "".join(
