@@ -298,3 +298,17 @@ def test_measure_run_on_a_run_directory(tiny_run):
     df = measure_run(tiny_run, settings=SMALL, names=["distance_from_init", "margin_p10", "reliance_noise_nauc"])
     assert df.error.isna().all(), df.error.tolist()
     assert (df.set_index("name").loc["distance_from_init", "raw"]) > 0
+
+
+def test_measure_all_on_a_batchnorm_convnet():
+    m = build_model("convnet", (1, 8, 8), 4, width_mult=0.125, seed=0).eval()
+    m0 = build_model("convnet", (1, 8, 8), 4, width_mult=0.125, seed=1).eval()
+    x, y = torch.randn(48, 1, 8, 8), torch.randint(0, 4, (48,))
+    df = measure_all(m, (x, y), init_model=m0, settings=SMALL).set_index("name")
+    margin = df.loc["margin_p10", "raw"]
+    over = ["inverse_margin", "log_spectral_over_margin", "log_frobenius_over_margin", "path_norm_over_margin"]
+    if margin <= 0:  # an untrained net: the margin-normalized measures are undefined, and say why
+        assert df.loc[over, "error"].str.contains("margin").all()
+    others = df.drop(index=over)
+    assert others.error.isna().all(), others.error.dropna().to_dict()
+    assert np.isfinite(others.complexity).all()
