@@ -15,6 +15,8 @@ Modules: :mod:`singledir.stats` (every reported statistic: AUCs, Spearman with i
 bootstrap interval, two-sample tests), :mod:`singledir.io` (atomic writes, JSON cleaning),
 :mod:`singledir.devices` (a model's device, ``--device`` names).
 
+Generalization measures: :mod:`singledir.measures` (``sd.measures.measure_run(run_dir)``, ``measure_all``).
+
 Example::
 
     import singledir as sd
@@ -43,10 +45,12 @@ _LAZY = {
     "SingledirError": "singledir.errors",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted(_LAZY) + ["__version__", "measures"]
 
 
 def __getattr__(name: str):
+    if name == "measures":  # the generalization-measure subpackage, imported on first use
+        return importlib.import_module("singledir.measures")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'singledir' has no attribute {name!r}")

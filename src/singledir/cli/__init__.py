@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "layers": "layers",
     "analyze": "analyze",
     "reproduce": "reproduce",
+    "zoo": "zoo",
+    "measures": "measures",
 }
 
 
