@@ -42,13 +42,13 @@ def test_kendall_tau_ci_brackets_and_is_seeded():
     g = rng.normal(size=60)
     mu = g + rng.normal(size=60)
     tau = kendall_tau(mu, g)
-    lo, hi = kendall_tau_ci(mu, g, n_resamples=400, seed=3)
+    lo, hi = kendall_tau_ci(mu, g, n_boot=400, seed=3)
     assert lo < tau < hi
-    assert (lo, hi) == kendall_tau_ci(mu, g, n_resamples=400, seed=3)
+    assert (lo, hi) == kendall_tau_ci(mu, g, n_boot=400, seed=3)
     # a larger sample gives a narrower interval
     g2 = rng.normal(size=400)
     mu2 = g2 + rng.normal(size=400)
-    lo2, hi2 = kendall_tau_ci(mu2, g2, n_resamples=200, seed=3)
+    lo2, hi2 = kendall_tau_ci(mu2, g2, n_boot=200, seed=3)
     assert hi2 - lo2 < hi - lo
 
 

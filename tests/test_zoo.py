@@ -41,7 +41,7 @@ def test_a_preset_axis_with_one_value_is_an_error():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo") / "smoke"
-    doc = run_zoo(out, "smoke", jobs=1, progress=False, n_resamples=200)
+    doc = run_zoo(out, "smoke", jobs=1, progress=False, n_boot=200)
     return out, doc
 
 
@@ -83,7 +83,7 @@ def test_smoke_zoo_resumes_after_a_kill(smoke, tmp_path):
     # "kill" one run before it finished, and lose another run's measure table
     (runs[0] / "COMPLETE").unlink()
     shutil.rmtree(runs[1] / "analysis")
-    doc2 = run_zoo(copy, "smoke", jobs=1, progress=False, n_resamples=200)
+    doc2 = run_zoo(copy, "smoke", jobs=1, progress=False, n_boot=200)
     assert doc2["trained_now"] == 1 and doc2["reused"] == 15
     a = pd.read_parquet(out / "models.parquet").set_index("run")
     b = pd.read_parquet(copy / "models.parquet").set_index("run")
@@ -111,7 +111,7 @@ def test_scores_on_an_incomplete_grid_name_the_missing_cells(smoke):
     table = pd.read_parquet(out / "models.parquet")
     axes = list(PRESETS["smoke"].axes)
     holed = table[~((table.width == 64) & (table.depth == 1) & (table.lr == 0.001) & (table.batch_size == 32))]
-    s = score_measures(holed, ["margin_p10"], axes, n_test=360, n_resamples=50)
+    s = score_measures(holed, ["margin_p10"], axes, n_test=360, n_boot=50)
     assert s["margin_p10"]["cmi"] is None
     assert "no model at width=64, depth=1, lr=0.001, batch_size=32" in s["margin_p10"]["cmi_error"]
     assert s["margin_p10"]["kendall_tau"] is not None

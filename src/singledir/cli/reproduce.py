@@ -13,6 +13,7 @@ import shlex
 import sys
 
 from singledir.cli.argtypes import int_at_least
+from singledir.cli.backend import add_backend_arguments, check_backend
 
 
 def add_parser(subparsers) -> None:
@@ -37,12 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--jobs", default=None, type=_jobs,
                    help="train/analyse N independent runs in parallel processes (default: the number of CPUs, "
                         "at most 8; 1 = everything in this process)")
-    p.add_argument("--backend", default="local", choices=("local", "ray"),
-                   help="where jobs run: local (this machine's processes) or ray (a Ray cluster; "
-                        "pip install 'singledir[ray]'; see README 'Running on a cluster')")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster to join with --backend ray: 'auto' (the cluster this host belongs to) or "
-                        "HOST:PORT (default: start a local Ray instance with --jobs CPUs)")
+    add_backend_arguments(p)
     p.add_argument("--out", required=True, help="report folder (runs are cached in OUT/runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -60,12 +56,7 @@ def default_jobs(device: str) -> int:
 def run(args) -> int:
     from singledir.experiments.reproduce import reproduce  # checks claims, preset and dataset names
 
-    if args.address is not None and args.backend != "ray":
-        raise SingledirError(f"--address {args.address!r} is for the Ray backend; add --backend ray")
-    if args.backend == "ray":
-        from singledir.experiments.backends import import_ray
-
-        import_ray()  # one line saying how to install it, before anything is written
+    check_backend(args)
     jobs = args.jobs or default_jobs(args.device)
     command = "singledir reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == "reproduce" else \

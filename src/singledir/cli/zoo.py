@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from singledir.cli.argtypes import int_at_least
+from singledir.cli.backend import add_backend_arguments, check_backend
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +30,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--jobs", default=None, type=int_at_least(1, "--jobs"),
                    help="models trained / measured in parallel processes (default: the number of CPUs, at most 8)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
+    add_backend_arguments(p)
     p.add_argument("--out", required=True, help="zoo folder (runs cached in OUT/runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -41,9 +43,11 @@ def run(args) -> int:
     from singledir.zoo.report import leaderboard
 
     get_preset(args.preset)  # an unknown preset fails before any work (an unknown dataset too, in TrainConfig)
+    check_backend(args)
     jobs = args.jobs or default_jobs(args.device)
     doc = run_zoo(args.out, args.preset, dataset=args.dataset, data_dir=args.data_dir, jobs=jobs,
-                  device=args.device, progress=not args.quiet)
+                  device=args.device, progress=not args.quiet, backend=args.backend,
+                  address=args.address)
     print(f"\nsingledir zoo ({doc['preset']}): {doc['n_converged']}/{doc['n_models']} models converged, "
           f"{doc['wall_seconds']:.0f} s wall")
     board = leaderboard(doc)

@@ -1,4 +1,4 @@
-"""Set-up shared by the public measurements: argument checks, unit counts, clamp values, AUC statistics.
+"""Set-up shared by the public measurements: argument checks, unit counts, clamp values.
 
 Offers:
 
@@ -6,18 +6,13 @@ Offers:
   every measurement needs (unit dimension, labels in range, finite activations, logits output).
 - :func:`layer_plans` -- :class:`~.plan.LayerPlan` per layer for ``clamp`` "zero" / "mean".
 - :func:`check_method`, :func:`check_budget`, :data:`CLAMPS`, :data:`BASES`.
-- :func:`trapezoid`, :func:`summarize` -- area under a curve; mean, std and a seeded bootstrap interval.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy import stats
 
 from singledir.errors import SingledirError
 from singledir.reliance.evaluators import METHODS
@@ -41,8 +36,6 @@ __all__ = [
     "check_method",
     "layer_plans",
     "prepare",
-    "summarize",
-    "trapezoid",
 ]
 
 
@@ -111,36 +104,3 @@ def layer_plans(model, prepared: Prepared, clamp: str, stats_data=None, batch_si
             raise SingledirError(f"stats_data gives {values.shape[0]} units for layer {n!r}, data gives {c}")
         plans.append(LayerPlan(n, c, values))
     return plans
-
-
-def trapezoid(y, x) -> float:
-    """Trapezoid-rule area under ``y`` over ``x`` (0 for a single point)."""
-    y = np.asarray(y, dtype=float)
-    x = np.asarray(x, dtype=float)
-    if len(x) < 2:
-        return 0.0
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
-
-
-def summarize(values, seed: int = 0, confidence: float = 0.95, n_resamples: int = 2000) -> dict:
-    """``mean``, ``std`` (ddof=1; NaN for one value) and a seeded percentile-bootstrap interval."""
-    v = np.asarray(values, dtype=float)
-    mean = float(v.mean()) if len(v) else math.nan
-    std = float(v.std(ddof=1)) if len(v) > 1 else math.nan
-    if len(v) < 2:
-        lo = hi = math.nan
-    elif np.all(v == v[0]):
-        lo = hi = float(v[0])
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                (v,),
-                np.mean,
-                confidence_level=confidence,
-                n_resamples=n_resamples,
-                method="percentile",
-                rng=np.random.default_rng(seed),
-            )
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return {"mean": mean, "std": std, "ci_low": lo, "ci_high": hi}

@@ -72,7 +72,7 @@ def _nan_to_none(v):
 
 
 def score_measures(df: pd.DataFrame, measures: list[str], axes: list[str], *, n_test: int,
-                   n_resamples: int = 1000, seed: int = 0) -> dict:
+                   n_boot: int = 1000, seed: int = 0) -> dict:
     """Every protocol for every measure over the models of ``df`` (the converged ones).
 
     A measure's missing models are left out of its scores (their count is reported); a protocol that
@@ -91,7 +91,7 @@ def score_measures(df: pd.DataFrame, measures: list[str], axes: list[str], *, n_
             continue
         try:
             entry["kendall_tau"] = protocols.kendall_tau(d[name], d["gap"])
-            entry["kendall_tau_ci"] = list(protocols.kendall_tau_ci(d[name], d["gap"], n_resamples=n_resamples, seed=seed))
+            entry["kendall_tau_ci"] = list(protocols.kendall_tau_ci(d[name], d["gap"], n_boot=n_boot, seed=seed))
             psi, per = protocols.granulated_psi(d, name, "gap", axes)
             entry["psi"], entry["psi_per_axis"] = _nan_to_none(psi), {k: _nan_to_none(v) for k, v in per.items()}
             se = protocols.sign_error(d, name, "gap", axes, n_test=n_test)
@@ -109,7 +109,8 @@ def score_measures(df: pd.DataFrame, measures: list[str], axes: list[str], *, n_
 
 
 def run_zoo(out, preset: str | ZooPreset = "quick", *, dataset: str | None = None, data_dir=None, jobs: int = 1,
-            device: str = "cpu", progress: bool = True, n_resamples: int = 1000) -> dict:
+            device: str = "cpu", progress: bool = True, n_boot: int = 1000, backend: str = "local",
+            address: str | None = None) -> dict:
     """Train, measure, score and report a zoo into ``out`` (resumable); returns the scores document."""
     from singledir.experiments.runner import Runner
     from singledir.io import atomic_write_json, atomic_write_parquet, jsonable
@@ -118,12 +119,9 @@ def run_zoo(out, preset: str | ZooPreset = "quick", *, dataset: str | None = Non
 
     t0 = time.perf_counter()
     p = with_dataset(preset if isinstance(preset, ZooPreset) else get_preset(preset), dataset)
-    if device not in ("cpu", "cuda"):
-        raise SingledirError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
-    if device == "cuda":
-        from singledir.devices import resolve_device
+    from singledir.devices import resolve_device
 
-        resolve_device("cuda")
+    resolve_device(device)  # a one-line error before any work (unknown device, or CUDA missing)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     axes = list(p.axes)
@@ -132,7 +130,8 @@ def run_zoo(out, preset: str | ZooPreset = "quick", *, dataset: str | None = Non
     stages = ["train", "measure", "score + report"]
     from tqdm.auto import tqdm
 
-    with Runner(out / "runs", jobs=jobs, progress=progress, data_dir=data_dir, device=device) as runner, \
+    with Runner(out / "runs", jobs=jobs, progress=progress, data_dir=data_dir, device=device, backend=backend,
+                address=address) as runner, \
             tqdm(total=len(stages), desc=f"zoo {p.name}", unit="stage", disable=not progress, position=0,
                  dynamic_ncols=True) as bar:
         bar.set_postfix_str(stages[0])
@@ -155,7 +154,7 @@ def run_zoo(out, preset: str | ZooPreset = "quick", *, dataset: str | None = Non
             score_error = (f"after dropping {len(unconverged)} unconverged models, axis {flat[0]!r} has fewer than 2 "
                            f"values; raise the epoch cap (max_epochs) or change the grid")
         else:
-            scores = score_measures(conv, names, axes, n_test=n_test, n_resamples=n_resamples)
+            scores = score_measures(conv, names, axes, n_test=n_test, n_boot=n_boot)
             score_error = None
         doc = {
             "preset": p.name,

@@ -64,7 +64,7 @@ def kendall_tau(measure, gap) -> float:
     return float(s.sum() / (n * (n - 1)))  # the diagonal is 0
 
 
-def kendall_tau_ci(measure, gap, *, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0
+def kendall_tau_ci(measure, gap, *, confidence: float = 0.95, n_boot: int = 1000, seed: int = 0
                    ) -> tuple[float, float]:
     """Percentile bootstrap interval of :func:`kendall_tau`, resampling models (pairs kept together).
 
@@ -83,7 +83,7 @@ def kendall_tau_ci(measure, gap, *, confidence: float = 0.95, n_resamples: int =
         kendall_tau,
         paired=True,
         vectorized=False,
-        n_resamples=int(n_resamples),
+        n_resamples=int(n_boot),
         confidence_level=confidence,
         method="percentile",
         random_state=np.random.default_rng(seed),
