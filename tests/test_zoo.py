@@ -79,7 +79,7 @@ def test_smoke_zoo_resumes_after_a_kill(smoke, tmp_path):
     out, doc = smoke
     copy = tmp_path / "zoo"
     shutil.copytree(out, copy)
-    runs = sorted(p for p in (copy / "runs").iterdir() if p.is_dir())
+    runs = sorted(p for p in (copy / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
     # "kill" one run before it finished, and lose another run's measure table
     (runs[0] / "COMPLETE").unlink()
     shutil.rmtree(runs[1] / "analysis")
@@ -94,7 +94,7 @@ def test_smoke_zoo_resumes_after_a_kill(smoke, tmp_path):
 
 def test_measure_frame_goes_through_the_run_cache(smoke):
     out, _ = smoke
-    run = sorted(p for p in (out / "runs").iterdir() if p.is_dir())[0]
+    run = sorted(p for p in (out / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))[0]
     params = {"settings": {"n_reliance": 50, "reliance_repeats": 1, "n_flatness": 50, "mc_samples": 1,
                            "search_depth": 2, "sharpness_depth": 2, "sharpness_steps": 1, "n_jacobian": 8,
                            "n_db": 50, "seed": 0}, "device": "cpu"}
@@ -124,7 +124,7 @@ def test_cli_zoo_bad_preset(capsys):
 
 def test_cli_measures_on_a_run(smoke, capsys, tmp_path):
     out, _ = smoke
-    run = sorted(p for p in (out / "runs").iterdir() if p.is_dir())[0]
+    run = sorted(p for p in (out / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))[0]
     target = tmp_path / "m.json"
     assert main(["measures", str(run), "--only", "margin_p10,path_norm", "--json", str(target)]) == 0
     text = capsys.readouterr().out
