@@ -126,17 +126,28 @@ def equivalence_n_for(bound: float, rho: float = 0.0, *, power: float = POWER, a
                       k: int = 0) -> int | None:
     """n at which a 95% interval around a true ``rho`` lies inside ``(-bound, bound)`` with ``power``.
 
-    Approximation: the nearer end of the interval decides (the far end is then inside with high
-    probability). For ``|rho| > bound`` it is the n at which the interval lies entirely outside. None
-    when ``|rho| == bound``.
+    Normal approximation of atanh(rho hat): both interval ends must be inside, so the probability is
+    ``Phi((A - R) / se - z) + Phi((A + R) / se - z) - 1`` with ``A = atanh(bound)``, ``R = atanh(|rho|)``,
+    ``z = z_{1 - alpha / 2}``. For ``|rho| > bound`` it is the n at which the interval lies entirely
+    outside. None when ``|rho| == bound``.
     """
     r = abs(float(rho))
     if r == bound:
         return None
-    if r < bound:
-        return exclusion_n_for(bound, r, power=power, alpha=alpha, k=k)
-    c = (_z(1 - alpha / 2) + _z(power)) / (math.atanh(min(r, 0.999999)) - math.atanh(bound))
-    return int(math.ceil(c * c * (1 + r * r / 2) + 3 + k - 1e-9))
+    if r > bound:
+        c = (_z(1 - alpha / 2) + _z(power)) / (math.atanh(min(r, 0.999999)) - math.atanh(bound))
+        return int(math.ceil(c * c * (1 + r * r / 2) + 3 + k - 1e-9))
+    a, big_r, zc = math.atanh(bound), math.atanh(r), _z(1 - alpha / 2)
+
+    def prob(n: float) -> float:
+        se = math.sqrt((1 + r * r / 2) / (n - 3 - k))
+        return float(st.norm.cdf((a - big_r) / se - zc) + st.norm.cdf((a + big_r) / se - zc) - 1)
+
+    lo = 4.0 + k
+    hi = lo + 10.0
+    while prob(hi) < power:
+        hi *= 2
+    return int(math.ceil(optimize.brentq(lambda n: prob(n) - power, lo, hi) - 1e-9))
 
 
 def directional_n_for(rho: float, bound: float, *, power: float = POWER, alpha: float = ALPHA,

@@ -165,6 +165,35 @@ def get_preset(name: str, dataset: str | None = None) -> dict:
     return preset
 
 
+def shift_seeds(settings: dict, offset: int) -> dict:
+    """A copy of ``settings`` with every network's seed shifted by ``offset``: each ``seeds`` list and each
+    training dict's ``seed`` (a training dict without one gets ``offset``, its default seed 0 shifted).
+
+    Only the seeds move (weight init, shuffling, dropout and the label corruption that follows the seed);
+    the training subsets (``data_seed``) and the evaluation subsets stay the same.
+    """
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise SingledirError(f"seed offset must be a non-negative integer, got {offset!r}")
+    out = copy.deepcopy(settings)
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            if "seeds" in obj:
+                obj["seeds"] = [int(s) + offset for s in obj["seeds"]]
+            if "model" in obj and "dataset" in obj:
+                obj["seed"] = int(obj.get("seed", 0)) + offset
+            for k, v in obj.items():
+                if k != "seeds":
+                    walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+
+    if offset:
+        walk(out)
+    return out
+
+
 def training_dicts(obj) -> list[dict]:
     """Every training dict in a (part of a) preset -- a dict with both ``model`` and ``dataset``."""
     out = []

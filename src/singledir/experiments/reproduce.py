@@ -24,7 +24,7 @@ from pathlib import Path
 from singledir.errors import SingledirError
 from singledir.experiments import CLAIMS, stats
 from singledir.experiments.context import ClaimResult, Context, clean
-from singledir.experiments.presets import NOTES, PRESETS, get_preset, training_dicts
+from singledir.experiments.presets import NOTES, PRESETS, get_preset, shift_seeds, training_dicts
 from singledir.experiments.runner import Runner, run_name, timer
 
 
@@ -105,8 +105,12 @@ def _runs_info(runs_dir: Path, names) -> tuple[dict, dict]:
 
 
 def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = None, data_dir=None,
-              device: str = "cpu", jobs: int = 1, progress: bool = True, command: str | None = None) -> dict:
-    """Run ``claims`` (all when None) with ``preset`` and write the report to ``out``; return results.json's dict."""
+              device: str = "cpu", jobs: int = 1, progress: bool = True, command: str | None = None,
+              seed_offset: int = 0) -> dict:
+    """Run ``claims`` (all when None) with ``preset`` and write the report to ``out``; return results.json's dict.
+
+    ``seed_offset``: added to every network's seed (see :func:`singledir.experiments.presets.shift_seeds`).
+    """
     from tqdm.auto import tqdm
 
     from singledir.reporting.report import write_report
@@ -114,7 +118,7 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
     claims = check_claims(claims)
     if preset not in PRESETS:
         raise SingledirError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    settings = get_preset(preset, dataset)
+    settings = shift_seeds(get_preset(preset, dataset), seed_offset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_notes = _check_data({c: settings[c] for c in claims}, data_dir)
@@ -126,7 +130,9 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
         "preset": preset,
         "dataset_override": dataset,
         "preset_notes": [NOTES[preset], *data_notes]
-        + ([f"--dataset {dataset}: every network uses {dataset} instead of the preset's dataset"] if dataset else []),
+        + ([f"--dataset {dataset}: every network uses {dataset} instead of the preset's dataset"] if dataset else [])
+        + ([f"seed offset {seed_offset}: every network's seed is the preset's plus {seed_offset}"] if seed_offset else []),
+        "seed_offset": seed_offset,
         "claims_requested": claims,
         "settings": {c: settings[c] for c in claims},
         "code": code_version(),

@@ -28,8 +28,9 @@ RULE = (
     "trained), each across networks (all corruption fractions p and seeds). Reproduced when the AUC falls "
     "with p: a monotone non-increasing trend test (share of variance explained by the isotonic fit on p, "
     "20000-permutation p-value < 0.05; a plateau over high p, as in the reference replication, does not "
-    "weaken it) and Spearman rho(AUC, p) < 0. Not reproduced when the AUC rises with p (the same test for a "
-    f"non-decreasing trend, p < 0.05), or when the 95% interval of rho (Fisher z, Bonett-Wright variance) "
+    "weaken it), the decreasing fit explaining more than the increasing one. Not reproduced when the AUC "
+    "rises with p (the same test for a non-decreasing trend, p < 0.05, explaining more than the decreasing "
+    f"fit), or when the 95% interval of Spearman rho(AUC, p) (Fisher z, Bonett-Wright variance) "
     f"excludes every rho <= -{BOUND} (no decrease of at least a moderate size). Otherwise inconclusive. "
     "Every network must reach its training-accuracy target, otherwise inconclusive. The claim is "
     "reproduced when every part is, not reproduced when any part is. Changed from a Spearman-only rule "
@@ -92,9 +93,9 @@ def trend_rule(p, auc, *, fit: bool = True, bound: float = BOUND, n_perm: int = 
         return stats.INCONCLUSIVE, "some networks did not reach their training target", numbers
     if down["p"] is None or corr["rho"] is None:
         return stats.INCONCLUSIVE, "statistic undefined (constant values?)", numbers
-    if down["p"] < stats.ALPHA and corr["rho"] < 0:
+    if down["p"] < stats.ALPHA and down["e2"] > up["e2"]:
         return stats.REPRODUCED, f"AUC falls with p (trend p={down['p']:.3g}, rho={corr['rho']:.2f})", numbers
-    if up["p"] < stats.ALPHA and corr["rho"] > 0:
+    if up["p"] < stats.ALPHA and up["e2"] > down["e2"]:
         return stats.NOT_REPRODUCED, f"AUC rises with p (trend p={up['p']:.3g})", numbers
     if lo is not None and lo > -bound:
         return stats.NOT_REPRODUCED, (f"rho interval [{lo:.2f}, {hi:.2f}] excludes a decrease of at least "
