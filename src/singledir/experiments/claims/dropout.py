@@ -3,8 +3,9 @@ not beyond -- a memorizing network trained with dropout still collapses past tha
 
 MLPs are trained with dropout 0, 0.1, 0.2, 0.3 on clean and on fully corrupted labels to ~100% training
 accuracy; each is ablated on its own training labels on a grid that contains every dropout fraction d
-and 2d. The statistics compare, for the memorizing networks, the accuracy kept up to f = d with the
-no-dropout network, and the accuracy lost in [0, d] with that lost in [d, 2d].
+and 2d. The statistics compare, for the memorizing networks, the accuracy kept up to f = d and the knee
+at d (:func:`knee`: lost in [d, 2d] minus lost in [0, d]) with those of the no-dropout network
+(:func:`compare_rule`).
 """
 
 from __future__ import annotations

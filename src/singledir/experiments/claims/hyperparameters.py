@@ -1,9 +1,10 @@
 """Claim 3b (Fig 4): across a learning-rate x batch-size grid, reliance on single directions tracks
 generalization, so it can rank hyperparameters without held-out data.
 
-Every (learning rate, batch size) pair is trained with a few seeds for the same number of epochs on
-clean labels; each network is ablated on its training data. The verdict is the Spearman correlation of
-the normalized AUC with test accuracy across all networks of the grid.
+Every (learning rate, batch size) pair is trained with a few seeds on clean labels to a common training
+accuracy (at most an epoch cap); each network is ablated on its training data. The verdict is the partial
+Spearman correlation of the normalized AUC with test accuracy controlling for training accuracy, across
+all networks of the grid (:func:`partial_rule`, with a decisive-null bound).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 overfit, so the ablation AUC (computed on training data) can stop training without held-out data.
 
 Networks are trained for a fixed number of epochs with log-spaced checkpoints; every checkpoint is
-ablated on the training data. Per network, the verdict statistic is the Spearman correlation between AUC
-and test loss across checkpoints; we also compare stopping at the AUC peak with stopping at the lowest
-test loss.
+ablated on the training data. Per network, the verdict statistic is the Spearman correlation between the
+normalized AUC and test loss across checkpoints (:func:`dynamics_rule`); stopping at the nAUC peak is
+compared with stopping at the lowest test loss, paired across seeds (:func:`early_stopping_rule`).
 """
 
 from __future__ import annotations
