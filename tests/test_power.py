@@ -134,3 +134,14 @@ def test_n_to_decide_decides_by_simulation():
     assert 0.72 < decided < 0.9, (n, decided)
     assert power.directional_n_for(0.0, 0.3) == power.exclusion_n_for(0.3, 0.0)
     assert power.directional_n_for(0.5, 0.3) == power.spearman_n_for(0.5)
+
+
+def test_rank_biserial_interval_and_mann_whitney_numbers():
+    assert power.rank_biserial_ci([5, 6, 7, 8], [1, 2, 3, 4]) == (1.0, 1.0)  # every resample separates fully
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal(40) + 0.5, rng.standard_normal(40)
+    r = power.mann_whitney_with_power(a, b)
+    assert r["ci_low"] < r["effect"] < r["ci_high"]
+    assert r["mde_80_rank_biserial"] == pytest.approx(power.mann_whitney_mde(40, 40))
+    assert r["n_to_decide"] == power.mann_whitney_n_for(r["effect"])
+    assert "rank-biserial" in power.fmt_mann_whitney(r)

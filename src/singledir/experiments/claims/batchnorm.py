@@ -41,14 +41,10 @@ RULE = (
 
 def network_rule(with_bn, without, sign: int, *, fit: bool = True) -> tuple[str, str, dict]:
     """One part of the declared rule (one value per network) -> ``(verdict, reason, numbers)``."""
-    r = stats.mann_whitney(with_bn, without)
-    r["min_p"] = power.mann_whitney_min_p(r["n_a"], r["n_b"]) if r["n_a"] and r["n_b"] else None
-    r["mde_80_rank_biserial"] = power.mann_whitney_mde(r["n_a"], r["n_b"])
+    r = power.mann_whitney_with_power(with_bn, without)
     verdict, reason = stats.sign_verdict(r["effect"], r["p"], sign, target_reached=fit)
-    if verdict == stats.INCONCLUSIVE and r.get("effect") is not None and r["effect"] != 0 and fit:
-        need = power.mann_whitney_n_for(min(abs(r["effect"]), 1.0))
-        r["n_to_decide"] = need
-        reason += f"; about {need} networks per condition would detect this effect at 80% power"
+    if verdict == stats.INCONCLUSIVE and r.get("n_to_decide") and fit:
+        reason += f"; about {r['n_to_decide']} networks per condition would detect this effect at 80% power"
     return verdict, reason, r
 
 
@@ -77,9 +73,9 @@ def run(ctx: Context) -> ClaimResult:
     with_bn, without = runs[runs["batchnorm"]], runs[~runs["batchnorm"]]
 
     def describe(r, what):
-        return (f"{what}: median {r['median_a']:.3f} (BN, n={r['n_a']}) vs {r['median_b']:.3f} (no BN, n={r['n_b']}), "
-                f"Mann-Whitney p = {stats.fmt_p(r['p'])} (smallest possible {stats.fmt_p(r.get('min_p'))}), "
-                f"rank-biserial {r['effect'] if r['effect'] is None else round(r['effect'], 2)}")
+        return (f"{what}: median {r['median_a']:.3f} (BN) vs {r['median_b']:.3f} (no BN), "
+                + (power.fmt_mann_whitney(r) if "min_p" in r else
+                   f"Mann-Whitney p = {stats.fmt_p(r['p'])}, n = {r['n_a']} vs {r['n_b']}"))
 
     fit = bool(runs["target_reached"].all())
     parts = []

@@ -50,9 +50,7 @@ def knee(curves: pd.DataFrame, d: float) -> pd.Series:
 
 def compare_rule(a, b) -> tuple[str, str, dict]:
     """Mann-Whitney rule of a part (``a`` claimed larger than ``b``) -> ``(verdict, reason, numbers)``."""
-    mw = stats.mann_whitney(a, b)
-    mw["mde_80_rank_biserial"] = power.mann_whitney_mde(mw["n_a"], mw["n_b"])
-    mw["min_p"] = power.mann_whitney_min_p(mw["n_a"], mw["n_b"]) if mw["n_a"] and mw["n_b"] else None
+    mw = power.mann_whitney_with_power(a, b)
     return (*stats.sign_verdict(mw["effect"], mw["p"], +1), mw)
 
 
@@ -61,10 +59,6 @@ def _at(curves: pd.DataFrame, f: float) -> pd.Series:
     dist = (curves["fraction"] - f).abs()
     sel = curves[dist == dist.groupby([curves["seed"], curves["order"], curves["repeat"]]).transform("min")]
     return sel.groupby(["seed", "order", "repeat"])["accuracy"].first().sort_index()
-
-
-def _f2(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
 
 
 def run(ctx: Context) -> ClaimResult:
@@ -97,15 +91,14 @@ def run(ctx: Context) -> ClaimResult:
             v, why = stats.INCONCLUSIVE, "some memorizing networks did not reach the training target"
         parts.append(Part(f"d={d:g}: protects up to d", v, why,
                           f"accuracy kept at f={d:g}: {kept_d.mean():.3f} (dropout {d:g}) vs {kept_0.mean():.3f} "
-                          f"(no dropout), Mann-Whitney p = {stats.fmt_p(mw['p'])}, rank-biserial {_f2(mw['effect'])} "
-                          f"(detects >= {_f2(mw['mde_80_rank_biserial'])} at 80% power)", mw))
+                          f"(no dropout), {power.fmt_mann_whitney(mw)}", mw))
         k_d, k_0 = knee(net, d), knee(base, d)
         v, why, mk = compare_rule(k_d, k_0)
         if not reached:
             v, why = stats.INCONCLUSIVE, "some memorizing networks did not reach the training target"
         parts.append(Part(f"d={d:g}: collapses past d", v, why,
                           f"knee at d={d:g}: {k_d.mean():+.3f} (dropout {d:g}) vs {k_0.mean():+.3f} (no dropout), "
-                          f"Mann-Whitney p = {stats.fmt_p(mk['p'])}, rank-biserial {_f2(mk['effect'])}", mk))
+                          f"{power.fmt_mann_whitney(mk)}", mk))
         within = _at(net, 0.0) - _at(net, d)
         beyond = _at(net, d) - _at(net, min(2 * d, 1.0))
         rows.append({"dropout": d, "kept_at_d": kept_d.mean(), "kept_at_d_no_dropout": kept_0.mean(),
