@@ -404,7 +404,8 @@ def directional_verdict(effect, ci_low, ci_high, sign: int, bound: float, *, p=N
                         fit: bool = True) -> tuple[str, str]:
     """Three-outcome rule for "the effect goes in direction ``sign``, by at least ``bound``".
 
-    With ``e = sign * effect`` and the 95% interval oriented the same way:
+    With ``e = sign * effect`` and the 95% interval oriented the same way, checked in this order (so a
+    significant effect smaller than ``bound`` everywhere in its interval is ``not reproduced``):
 
     - ``not reproduced`` when the interval's upper end is below ``bound`` (an effect of at least the
       smallest effect of interest in the claimed direction is excluded -- a decisive null, or an effect

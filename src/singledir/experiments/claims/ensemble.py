@@ -29,7 +29,7 @@ RULE = (
     "the ablation curve on training data divided by unablated training accuracy, mean over random "
     "orders). The verdict part 'AUC vs test accuracy': Spearman rho across networks with its 95% interval "
     f"(Fisher z, Bonett-Wright variance); smallest effect of interest rho = {BOUND}. Reproduced if the "
-    "interval lies above 0 and p < 0.05; not reproduced if its upper end is below "
+    "interval lies above 0 and p < 0.05; not reproduced (checked first) if its upper end is below "
     f"{BOUND} (a positive association of at least {BOUND} is excluded: a decisive null, or the opposite "
     "sign); else inconclusive (the report says how many networks would decide it). Every network must "
     "reach the target, otherwise inconclusive. Shown, not in the verdict: nAUC vs the generalization gap, "

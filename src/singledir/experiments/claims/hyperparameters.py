@@ -30,7 +30,7 @@ RULE = (
     "accuracy, mean over random orders). Verdict statistic: the partial Spearman correlation of nAUC with "
     "test accuracy controlling for final training accuracy (ranks, one controlled variable; 95% interval "
     f"by Fisher z with the Bonett-Wright variance), smallest effect of interest {BOUND}. Reproduced if "
-    f"the interval lies above 0 and p < 0.05; not reproduced if its upper end is below {BOUND}; else "
+    f"the interval lies above 0 and p < 0.05; not reproduced (checked first) if its upper end is below {BOUND}; else "
     "inconclusive. The plain rho with nAUC and with raw AUC, and rho(nAUC, train accuracy), are shown but "
     "do not enter the verdict. Changed after a run where every network trained a fixed 10 epochs and "
     "rho(nAUC, train accuracy) = 0.77 confounded the plain correlation."

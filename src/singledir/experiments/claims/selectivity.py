@@ -32,7 +32,7 @@ RULE = (
     f"lies inside (-{BOUND}, {BOUND}) (poor predictor, a decisive null), not reproduced if it lies "
     "entirely outside, else inconclusive. Part 'ConvNet early layers' (the layers with fewer than "
     "`min_units` channels, pooled the same way; selectivity): claimed negative; reproduced if the interval "
-    f"lies below 0 and p < 0.05, not reproduced if it excludes every rho <= -{BOUND}, else inconclusive. "
+    f"lies below 0 and p < 0.05, not reproduced (checked first) if it excludes every rho <= -{BOUND}, else inconclusive. "
     "The claim is reproduced when every part is, not reproduced when any is. Shown, not in the verdict: "
     "per-layer correlations, the early-layer mutual information, and selectivity by depth (Spearman rho of "
     "mean selectivity vs layer depth, claimed positive; an appendix claim about ResNet-50). Changed after "

@@ -29,7 +29,7 @@ RULE = (
     "by the unablated training accuracy, mean over random orders) at every log-spaced checkpoint from "
     "epoch 1 on. Part per seed: Spearman rho of nAUC vs test loss across checkpoints, claimed negative, 95% "
     f"interval by Fisher z (Bonett-Wright); reproduced if the interval lies below 0 and p < 0.05, not "
-    f"reproduced if it excludes every rho <= -{BOUND}, else inconclusive. Checkpoints of one run are not "
+    f"reproduced (checked first) if it excludes every rho <= -{BOUND}, else inconclusive. Checkpoints of one run are not "
     "independent, so these intervals are optimistic; they are per network, never pooled. Part 'early "
     "stopping': test accuracy at the nAUC peak minus test accuracy at the lowest test loss (among the "
     "same checkpoints), paired across seeds, 95% t interval; reproduced if its lower end is above "
