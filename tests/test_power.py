@@ -145,3 +145,18 @@ def test_rank_biserial_interval_and_mann_whitney_numbers():
     assert r["mde_80_rank_biserial"] == pytest.approx(power.mann_whitney_mde(40, 40))
     assert r["n_to_decide"] == power.mann_whitney_n_for(r["effect"])
     assert "rank-biserial" in power.fmt_mann_whitney(r)
+
+
+def test_vectorized_isotonic_fit_equals_scipys():
+    from scipy.optimize import isotonic_regression
+
+    rng = np.random.default_rng(9)
+    x = np.repeat([0, 0.2, 0.4, 0.6, 0.8, 1.0], [2, 1, 3, 2, 2, 2])
+    levels, inv = np.unique(x, return_inverse=True)
+    w = np.bincount(inv).astype(float)
+    ys = rng.standard_normal((50, len(x)))
+    for sign in (-1, +1):
+        fast = power.isotonic_e2(ys, inv, sign)
+        for y, e2 in zip(ys, fast):
+            fit = isotonic_regression(np.bincount(inv, weights=y) / w, weights=w, increasing=sign > 0).x
+            assert e2 == pytest.approx(np.sum(w * (fit - y.mean()) ** 2) / np.sum((y - y.mean()) ** 2))

@@ -18,7 +18,7 @@ result decisive (an equivalence / minimum-effect bound) and that say how much a 
   standardized mean difference ``d_z`` (noncentral t; Wilcoxon by its 3/pi asymptotic relative
   efficiency).
 - :func:`paired_ci` -- t interval of a paired mean difference.
-- :func:`isotonic_trend` -- a monotone-trend test that a plateau does not weaken: variance explained by
+- :func:`isotonic_trend` (:func:`isotonic_e2`) -- a monotone-trend test that a plateau does not weaken: variance explained by
   the isotonic (monotone) fit of ``y`` on ``x``, permutation p-value.
 - :func:`pooled_rank_correlation` -- a rank correlation within groups (layers), pooled: ranks are
   standardized within each group, then correlated across all rows (group offsets removed).
@@ -206,8 +206,6 @@ def isotonic_trend(x, y, sign: int = -1, *, n_perm: int = 20000, seed: int = 0) 
     that counts every out-of-order pair inside a plateau. p: share of ``n_perm`` random reassignments of
     ``y`` to ``x`` (fixed seed) whose statistic is at least as large (one-sided by construction).
     """
-    from scipy.optimize import isotonic_regression
-
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -217,18 +215,48 @@ def isotonic_trend(x, y, sign: int = -1, *, n_perm: int = 20000, seed: int = 0) 
         return out
     levels, inv = np.unique(x, return_inverse=True)
     counts = np.bincount(inv).astype(float)
-
-    def e2(v):
-        means = np.bincount(inv, weights=v) / counts
-        fit = isotonic_regression(means, weights=counts, increasing=sign > 0).x
-        ss = np.sum((v - v.mean()) ** 2)
-        return float(np.sum(counts * (fit - v.mean()) ** 2) / ss) if ss > 0 else 0.0
-
-    obs = e2(y)
+    obs = isotonic_e2(y, inv, sign)
     rng = np.random.default_rng(seed)
-    perm = np.array([e2(y[rng.permutation(len(y))]) for _ in range(n_perm)])
-    out.update(e2=obs, p=float((1 + np.sum(perm >= obs - 1e-12)) / (n_perm + 1)), n_perm=n_perm)
+    perm = y[np.argsort(rng.random((n_perm, len(y))), axis=1)]
+    null = isotonic_e2(perm, inv, sign)
+    out.update(e2=float(obs), p=float((1 + np.sum(null >= obs - 1e-12)) / (n_perm + 1)), n_perm=n_perm,
+               levels=len(counts))
     return out
+
+
+def isotonic_e2(y, inv, sign: int = -1) -> np.ndarray:
+    """Share of the variance of each row of ``y`` explained by its monotone fit on the levels ``inv``.
+
+    ``inv[i]`` is the (sorted) level of observation ``i``. Vectorized over rows with the max-min formula
+    of isotonic regression, ``fit_i = max_{j <= i} min_{k >= i} mean(levels j..k)`` (non-decreasing; the
+    non-increasing fit is that of ``-y``), which is exact and cheap for the few levels a claim has; it
+    equals scipy's ``isotonic_regression`` of the level means weighted by their counts (tested).
+    """
+    y = np.asarray(y, dtype=float)
+    squeeze = y.ndim == 1
+    y = np.atleast_2d(y)
+    v = y if sign > 0 else -y
+    n_lv = int(inv.max()) + 1
+    onehot = np.zeros((len(inv), n_lv))
+    onehot[np.arange(len(inv)), inv] = 1.0
+    w = onehot.sum(axis=0)
+    cs = np.concatenate([np.zeros((len(v), 1)), np.cumsum(v @ onehot, axis=1)], axis=1)
+    cw = np.concatenate([[0.0], np.cumsum(w)])
+    fit = np.empty((len(v), n_lv))
+    for i in range(n_lv):
+        best = None
+        for j in range(i + 1):
+            worst = None
+            for k in range(i, n_lv):
+                avg = (cs[:, k + 1] - cs[:, j]) / (cw[k + 1] - cw[j])
+                worst = avg if worst is None else np.minimum(worst, avg)
+            best = worst if best is None else np.maximum(best, worst)
+        fit[:, i] = best
+    mean = v.mean(axis=1, keepdims=True)
+    ss = ((v - mean) ** 2).sum(axis=1)
+    explained = (w * (fit - mean) ** 2).sum(axis=1)
+    e2 = np.where(ss > 0, explained / np.where(ss > 0, ss, 1.0), 0.0)
+    return e2[0] if squeeze else e2
 
 
 def pooled_rank_correlation(x, y, groups) -> dict:
@@ -492,6 +520,6 @@ def fmt_power(pw: dict, *, effect: bool = False) -> str:
 
 __all__ = ["spearman_se", "spearman_ci", "spearman_n_for", "spearman_mde", "exclusion_n_for", "equivalence_n_for", "directional_n_for", "partial_spearman",
            "mann_whitney_mde", "mann_whitney_n_for", "mann_whitney_min_p", "rank_biserial_ci",
-           "mann_whitney_with_power", "fmt_mann_whitney", "paired_mde", "paired_n_for", "paired_ci", "isotonic_trend",
+           "mann_whitney_with_power", "fmt_mann_whitney", "paired_mde", "paired_n_for", "paired_ci", "isotonic_trend", "isotonic_e2",
            "pooled_rank_correlation",
            "directional_verdict", "equivalence_verdict", "spearman_power", "spearman_with_power", "fmt_power"]
