@@ -69,7 +69,8 @@ def test_training_dynamics_rules():
     loss = np.linspace(0.3, 0.6, 14)
     assert training_dynamics.dynamics_rule(1 - loss + 0.01 * rng.standard_normal(14), loss)[0] == R
     assert training_dynamics.dynamics_rule(loss + 0.01 * rng.standard_normal(14), loss)[0] == N  # goes with loss
-    assert training_dynamics.dynamics_rule(rng.standard_normal(8), loss[:8])[0] == I
+    v, why, _ = training_dynamics.dynamics_rule(rng.standard_normal(8), loss[:8])
+    assert v == I and "checkpoints would decide" in why
     best = np.array([0.86, 0.87, 0.855, 0.862, 0.858])
     assert training_dynamics.early_stopping_rule(best + [0.001, -0.002, 0.0, 0.001, -0.001], best)[0] == R
     assert training_dynamics.early_stopping_rule(best - [0.05, 0.06, 0.04, 0.05, 0.055], best)[0] == N
@@ -95,7 +96,8 @@ def test_dropout_rules():
     assert dropout.compare_rule(dropout.knee(collapse, d), dropout.knee(memorize, d))[0] == R
     assert dropout.compare_rule(dropout.knee(memorize, d), dropout.knee(collapse, d))[0] == N
     same = _curves(lambda f: 0.1 + 0.9 * np.exp(-6 * f), seed=2)  # the same shape as the baseline
-    assert dropout.compare_rule(dropout.knee(same, d), dropout.knee(memorize, d))[0] == I
+    v, why, _ = dropout.compare_rule(dropout.knee(same, d), dropout.knee(memorize, d))
+    assert v == I and "orders per network" in why
 
 
 # ---------------------------------------------------------------------------- batch norm

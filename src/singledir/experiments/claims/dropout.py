@@ -51,7 +51,10 @@ def knee(curves: pd.DataFrame, d: float) -> pd.Series:
 def compare_rule(a, b) -> tuple[str, str, dict]:
     """Mann-Whitney rule of a part (``a`` claimed larger than ``b``) -> ``(verdict, reason, numbers)``."""
     mw = power.mann_whitney_with_power(a, b)
-    return (*stats.sign_verdict(mw["effect"], mw["p"], +1), mw)
+    verdict, reason = stats.sign_verdict(mw["effect"], mw["p"], +1)
+    if verdict == stats.INCONCLUSIVE and mw.get("n_to_decide"):
+        reason += f"; about {mw['n_to_decide']} orders per network would detect this effect at 80% power"
+    return verdict, reason, mw
 
 
 def _at(curves: pd.DataFrame, f: float) -> pd.Series:

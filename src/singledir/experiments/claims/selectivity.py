@@ -57,6 +57,8 @@ def negative_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, dict
     c = power.pooled_rank_correlation(x, y, layers)
     c["power"] = power.spearman_power(c["rho"], c["n"], bound=bound, sign=-1, k=c.get("k", 0))
     verdict, reason = power.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
+    if verdict == stats.INCONCLUSIVE and c["power"].get("n_to_decide"):
+        reason += f"; about {c['power']['n_to_decide']} units would decide it at 80% power"
     return verdict, reason, c
 
 

@@ -47,7 +47,10 @@ def dynamics_rule(nauc, test_loss, *, bound: float = BOUND) -> tuple[str, str, d
     c = power.spearman_with_power(nauc, test_loss, bound=bound, sign=-1)
     if c["n"] < 5:
         return stats.INCONCLUSIVE, f"too few checkpoints (n={c['n']} < 5)", c
-    return (*power.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"]), c)
+    verdict, reason = power.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
+    if verdict == stats.INCONCLUSIVE and c["power"].get("n_to_decide"):
+        reason += f"; about {c['power']['n_to_decide']} checkpoints would decide it at 80% power"
+    return verdict, reason, c
 
 
 def early_stopping_rule(at_peak, at_best, *, margin: float = MARGIN) -> tuple[str, str, dict]:
