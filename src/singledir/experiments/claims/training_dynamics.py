@@ -117,7 +117,8 @@ def run(ctx: Context) -> ClaimResult:
                       f"test acc at nAUC peak - at lowest test loss: mean {es['mean_diff']:+.4f}, 95% CI "
                       f"[{_fmt(es['ci_low'])}, {_fmt(es['ci_high'])}] (paired t, n = {es['n']} seeds; per seed "
                       f"{', '.join(f'{x:+.4f}' for x in diff)}); margin -{MARGIN:g}; detects a standardized "
-                      f"difference d_z >= {es['mde_80_dz'] or float('nan'):.2f} at 80% power", es))
+                      + (f"difference d_z >= {es['mde_80_dz']:.2f} at 80% power" if es["mde_80_dz"] else "difference "
+                         "at 80% power: too few seeds"), es))
     last = power.paired_ci(table["test_acc_at_nauc_peak"], table["final_test_acc"])
     parts.append(Part("nAUC peak vs last epoch", *power.directional_verdict(
         last["mean_diff"], last["ci_low"], last["ci_high"], +1, 0.0, p=last["p"]) if last["ci_low"] is not None
