@@ -89,19 +89,14 @@ def run(ctx: Context) -> ClaimResult:
         net = mem[mem["dropout"] == d]
         kept_d = _at(net, d) / _at(net, 0.0)
         kept_0 = _at(base, d) / _at(base, 0.0)
-        v, why, mw = compare_rule(kept_d, kept_0)
-        if not reached:
-            v, why = stats.INCONCLUSIVE, "some memorizing networks did not reach the training target"
-        parts.append(Part(f"d={d:g}: protects up to d", v, why,
-                          f"accuracy kept at f={d:g}: {kept_d.mean():.3f} (dropout {d:g}) vs {kept_0.mean():.3f} "
-                          f"(no dropout), {power.fmt_mann_whitney(mw)}", mw))
         k_d, k_0 = knee(net, d), knee(base, d)
-        v, why, mk = compare_rule(k_d, k_0)
-        if not reached:
-            v, why = stats.INCONCLUSIVE, "some memorizing networks did not reach the training target"
-        parts.append(Part(f"d={d:g}: collapses past d", v, why,
-                          f"knee at d={d:g}: {k_d.mean():+.3f} (dropout {d:g}) vs {k_0.mean():+.3f} (no dropout), "
-                          f"{power.fmt_mann_whitney(mk)}", mk))
+        for name, (a, b), what in ((f"d={d:g}: protects up to d", (kept_d, kept_0), f"accuracy kept at f={d:g}"),
+                                   (f"d={d:g}: collapses past d", (k_d, k_0), f"knee at d={d:g}")):
+            v, why, mw = compare_rule(a, b)
+            if not reached:
+                v, why = stats.INCONCLUSIVE, "some memorizing networks did not reach the training target"
+            parts.append(Part(name, v, why, f"{what}: {a.mean():+.3f} (dropout {d:g}) vs {b.mean():+.3f} (no dropout), "
+                              f"{power.fmt_mann_whitney(mw)}", mw))
         within = _at(net, 0.0) - _at(net, d)
         beyond = _at(net, d) - _at(net, min(2 * d, 1.0))
         rows.append({"dropout": d, "kept_at_d": kept_d.mean(), "kept_at_d_no_dropout": kept_0.mean(),
