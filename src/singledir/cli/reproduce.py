@@ -39,6 +39,8 @@ def add_parser(subparsers) -> None:
                    help="train/analyse N independent runs in parallel processes (default: the number of CPUs, "
                         "at most 8; 1 = everything in this process)")
     add_backend_arguments(p)
+    p.add_argument("--seed-offset", default=0, type=int_at_least(0, "--seed-offset"),
+                   help="add K to every network's seed (default 0), to check that verdicts survive another seed set")
     p.add_argument("--out", required=True, help="report folder (runs are cached in OUT/runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -63,7 +65,7 @@ def run(args) -> int:
         f"singledir reproduce {' '.join(args.claims)} --preset {args.preset} --out {args.out}".replace("  ", " ")
     doc = reproduce(args.out, args.claims, preset=args.preset, dataset=args.dataset, data_dir=args.data_dir,
                     device=args.device, jobs=jobs, progress=not args.quiet, command=command,
-                    backend=args.backend, address=args.address)
+                    backend=args.backend, address=args.address, seed_offset=args.seed_offset)
     print(f"\nsingledir reproduce ({args.preset}): {doc['wall_seconds']:.0f} s wall, {doc['cpu_seconds']:.0f} s CPU")
     for s in doc["summary"]:
         print(f"  {s['claim']:<18} {s['verdict']:<15} {s['wall_seconds']:>6.0f} s wall {s['cpu_seconds']:>6.0f} s CPU  "

@@ -25,7 +25,7 @@ from singledir import stats
 from singledir.errors import SingledirError
 from singledir.experiments import CLAIMS, verdicts
 from singledir.experiments.context import ClaimResult, Context
-from singledir.experiments.presets import NOTES, get_preset, training_dicts
+from singledir.experiments.presets import NOTES, get_preset, shift_seeds, training_dicts
 from singledir.experiments.runner import Runner, run_name, timer
 from singledir.io import jsonable
 
@@ -107,11 +107,12 @@ def _runs_info(runs_dir: Path, names) -> tuple[dict, dict]:
 
 def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = None, data_dir=None,
               device: str = "cpu", jobs: int = 1, progress: bool = True, command: str | None = None,
-              backend: str = "local", address: str | None = None) -> dict:
+              backend: str = "local", address: str | None = None, seed_offset: int = 0) -> dict:
     """Run ``claims`` (all when None) with ``preset`` and write the report to ``out``; return results.json's dict.
 
     ``device`` (``"cpu"``/``"cuda"``) is where every network is trained and analysed; ``backend``
     (``"local"`` or ``"ray"``, with ``address``) is where the jobs run.
+    ``seed_offset``: added to every network's seed (see :func:`singledir.experiments.presets.shift_seeds`).
     """
     from tqdm.auto import tqdm
 
@@ -120,7 +121,7 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
     from singledir.devices import resolve_device
 
     claims = check_claims(claims)
-    settings = get_preset(preset, dataset)  # checks the preset and dataset names
+    settings = shift_seeds(get_preset(preset, dataset), seed_offset)  # checks the preset and dataset names
     device = str(resolve_device(device))  # one clear error before any work when CUDA is absent
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,9 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
         "dataset_override": dataset,
         "preset_notes": [NOTES[preset], *data_notes]
         + ([f"dataset override {dataset}: every network uses {dataset} instead of the preset's dataset"]
-           if dataset else []),
+           if dataset else [])
+        + ([f"seed offset {seed_offset}: every network's seed is the preset's plus {seed_offset}"] if seed_offset else []),
+        "seed_offset": seed_offset,
         "claims_requested": claims,
         "settings": {c: settings[c] for c in claims},
         "code": code_version(),

@@ -33,7 +33,8 @@ REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inco
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 
 
-def _defined(v) -> bool:
+def defined(v) -> bool:
+    """True for a finite number (an undefined statistic is NaN or None)."""
     return v is not None and math.isfinite(float(v))
 
 
@@ -45,7 +46,7 @@ def sign_verdict(stat, p, expected_sign: int, *, n: int | None = None, min_n: in
         return INCONCLUSIVE, "some networks did not reach their training target"
     if n is not None and n < min_n:
         return INCONCLUSIVE, f"too few observations (n={n} < {min_n})"
-    if not (_defined(stat) and _defined(p)):
+    if not (defined(stat) and defined(p)):
         return INCONCLUSIVE, "statistic undefined (constant values?)"
     if p >= alpha:
         return INCONCLUSIVE, f"not significant (p={p:.3g} >= {alpha})"
@@ -58,7 +59,7 @@ def significant_sign(stat, p, *, alpha: float = ALPHA) -> str:
     """A descriptive two-sided reading of ``stat``: reproduced (> 0, p < alpha), not (< 0, p < alpha), else inconclusive.
 
     For parts shown but not in the verdict (e.g. the 5-best vs 5-worst comparison)."""
-    if not (_defined(stat) and _defined(p)) or p >= alpha:
+    if not (defined(stat) and defined(p)) or p >= alpha:
         return INCONCLUSIVE
     return REPRODUCED if stat > 0 else NOT_REPRODUCED
 
