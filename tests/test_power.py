@@ -84,7 +84,7 @@ def test_isotonic_trend_sees_a_plateau_that_a_rank_correlation_misses():
     rng = np.random.default_rng(4)
     auc = np.r_[0.72, 0.70, 0.30 + 0.01 * rng.standard_normal(10)]  # one step, then a plateau
     trend = power.isotonic_trend(p, auc, -1, n_perm=4000)
-    from singledir.experiments import stats
+    from singledir import stats
 
     assert trend["p"] < 0.05 <= stats.spearman(p, auc)["p"]
     assert power.isotonic_trend(p, auc, +1, n_perm=4000)["p"] > 0.5  # the other direction: nothing

@@ -99,7 +99,7 @@ def test_ctrl_c_under_ray_leaves_a_cache_the_next_run_resumes(tmp_path):
     assert main(["reproduce", "ensemble", "hyperparameters", "--preset", "smoke", "--jobs", "1", "--quiet",
                  "--out", str(out)]) == 0
     doc = json.loads((out / "results.json").read_text())
-    assert doc["complete"] and len(doc["runs"]) == 10
+    assert doc["complete"] and len(doc["runs"]) == 14  # 6 ensemble + 8 hyperparameter networks
     for name in doc["runs"]:
         complete, started, n = before.get(name, (False, False, 0))
         events = read_journal(journal_path(out / "runs" / name))

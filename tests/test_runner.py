@@ -131,7 +131,7 @@ def test_two_concurrent_reproduce_processes_train_every_run_once(tmp_path):
     doc_second = json.loads((out / "results.json").read_text())
 
     runs = [p for p in (out / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert len(runs) == 10  # 6 ensemble + 4 hyperparameter networks
+    assert len(runs) == 14  # 6 ensemble + 8 hyperparameter networks (2 lr x 2 batch sizes x 2 seeds)
     pids = set()
     for run in runs:
         events = read_journal(journal_path(run))

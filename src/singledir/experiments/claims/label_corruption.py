@@ -124,9 +124,9 @@ def run(ctx: Context) -> ClaimResult:
     nz = ctx.analyze(jobs.noise, mlp_dirs, dict(split="train", layers=s["ablation"]["layers"],
                                                            **s["noise"]), desc="noise MLPs")
     _add_auc(mlp_runs, abl)
-    mlp_runs["noise_auc"] = [n["auc"]["noise_auc"].mean() for n in nz]
+    mlp_runs["noise_auc_range_normalized"] = [n["auc"]["noise_auc_range_normalized"].mean() for n in nz]
     parts.append(_ablation_part("MLP ablation", mlp_runs, "auc"))
-    parts.append(_ablation_part("MLP noise", mlp_runs, "noise_auc"))
+    parts.append(_ablation_part("MLP noise", mlp_runs, "noise_auc_range_normalized"))
     tables["MLP networks"] = mlp_runs
 
     curves = pd.concat([a["curves"].assign(p=p) for a, p in zip(abl, mlp_runs["corrupt"])])
