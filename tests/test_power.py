@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from singledir.experiments import power
+from singledir.stats import power
 
 
 def _spearman_pairs(rng, rho_s: float, n: int, reps: int) -> tuple[np.ndarray, np.ndarray]:

@@ -43,24 +43,23 @@ def temp_path(path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def _replace(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _write_atomically(path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place.
 
-
-def atomic_write_bytes(path, data: bytes) -> Path:
+    On any error (or Ctrl-C) the temporary file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     tmp = temp_path(path)
     try:
-        tmp.write_bytes(data)
-    except BaseException:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
     return path
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    return _write_atomically(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path, text: str) -> Path:
@@ -75,47 +74,21 @@ def atomic_write_json(path, obj, *, indent: int | None = 2) -> Path:
 def atomic_save_safetensors(path, tensors: dict, metadata: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        save_file(
-            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-            str(tmp),
-            metadata={k: str(v) for k, v in (metadata or {}).items()},
-        )
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
-    return path
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    metadata = {k: str(v) for k, v in (metadata or {}).items()}
+    return _write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def atomic_torch_save(path, obj) -> Path:
     """``torch.save`` through a temporary file (load it back with ``weights_only=True``)."""
     import torch
 
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        torch.save(obj, tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
-    return path
+    return _write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_parquet(path, df) -> Path:
     """``df.to_parquet`` (pyarrow, no index) through a temporary file."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        df.to_parquet(tmp, index=False)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
-    return path
+    return _write_atomically(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def jsonable(obj):

@@ -23,7 +23,7 @@ ConvNets are the paper's 11-layer network with ``width_mult=0.125`` (8...64 chan
 images until 99% training accuracy (at most 80 epochs, so that the ones without batch norm, which need
 ~52-56, reach it too; ~1.8 s/epoch without and ~2.4 s with batch norm, measured under load), tested on
 1,000 test images and analysed on 500 examples with 5 orders. Sizes follow the power each claim's rule
-needs (see the claim modules and :mod:`singledir.experiments.power`).
+needs (see the claim modules and :mod:`singledir.stats.power`).
 """
 
 from __future__ import annotations

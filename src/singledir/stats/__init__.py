@@ -22,6 +22,9 @@ Offers:
   :func:`wilcoxon_paired` (paired samples, mean difference).
 - Means: :func:`bootstrap_mean_ci` (percentile interval of a mean) and :func:`mean_std_ci` (mean, std and
   that interval, as the AUC tables report them).
+- Power and decisive nulls (:mod:`singledir.stats.power`, used by the claim rules): Fisher-z intervals,
+  partial Spearman, equivalence / minimum-effect bounds, the smallest effect detected at 80% power and the
+  n that would decide an observed effect.
 
 Conventions (one name per concept): ``n_boot`` bootstrap resamples, ``confidence`` the central coverage
 of an interval (0.95), ``seed`` the resampling seed (same inputs + seed -> same interval). An undefined

@@ -28,7 +28,7 @@ result decisive (an equivalence / minimum-effect bound) and that say how much a 
 
 Usage::
 
-    >>> from singledir.experiments import power
+    >>> from singledir.stats import power
     >>> power.spearman_n_for(0.3, bonett_wright=False)   # Cohen's table: 85
     85
     >>> round(power.spearman_mde(20), 2)      # n = 20 detects |rho| >= 0.63
