@@ -14,6 +14,15 @@ Decisions (documented here, recorded in every run's ``config.json``):
 - ``seed`` drives the weight init, the per-epoch shuffling, dropout, and (unless ``corrupt_seed`` is
   set) the label corruption. ``data_seed`` picks the training subset, so runs that differ only in
   ``seed`` see the same examples.
+- ``history_every``: the training set (eval mode, the stopping rule's accuracy) is evaluated every
+  epoch; the *test* set only every ``history_every`` epochs (default :data:`DEFAULT_HISTORY_EVERY`), at
+  checkpoint epochs, at epoch 0 and at the final epoch. ``history.csv`` has NaN test columns on the
+  other epochs. ``history_every=1`` evaluates the test set every epoch (the behaviour before it existed).
+- ``engine``: how the weights are computed. ``"stacked"`` (:mod:`.grouped`: MLPs without batch norm,
+  trained alone or together with others as one stacked model, bit-identical either way) or
+  ``"reference"`` (:mod:`.loop`'s one-network torch.optim loop, every model). ``"auto"`` (default)
+  resolves to ``"stacked"`` where it applies, else ``"reference"``; the resolved name is what is stored
+  and hashed, so runs of the two engines are never mixed in a run cache.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ from typing import Any
 from singledir.errors import SingledirError
 
 DEFAULT_EPOCHS = 20
+#: the test set is evaluated every this many epochs (plus epoch 0, checkpoints and the final epoch)
+DEFAULT_HISTORY_EVERY = 10
+ENGINES = ("auto", "stacked", "reference")
 OPTIMIZERS = ("adam", "sgd")
 CORRUPT_METHODS = ("shuffle", "uniform")
 DEVICES = ("cpu", "cuda")
@@ -64,6 +76,8 @@ class TrainConfig:
     until_train_acc: float | None = None
     max_epochs: int = 1000
     checkpoints: Any = field(default=None)  # None | "log" | list[int]
+    history_every: int = DEFAULT_HISTORY_EVERY
+    engine: str = "auto"
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -117,6 +131,14 @@ class TrainConfig:
             eps = [e for e in self.checkpoints if e <= last_epoch]
         return [0] + eps
 
+    def test_epoch(self, epoch: int, last_epoch: int | None = None) -> bool:
+        """Whether the test set is evaluated at ``epoch`` (0, every ``history_every``, checkpoints, the last)."""
+        if epoch == 0 or epoch % self.history_every == 0 or epoch == last_epoch:
+            return True
+        if self.checkpoints is None:
+            return False
+        return epoch in (log_epochs(epoch) if self.checkpoints == "log" else self.checkpoints)
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         _str(self, "dataset")
@@ -151,8 +173,21 @@ class TrainConfig:
                 "pass either epochs or until_train_acc, not both (max_epochs caps until_train_acc)"
             )
         self.checkpoints = _checkpoints(self.checkpoints)
+        _int(self, "history_every", 1)
+        _choice(self, "engine", ENGINES)
+        self._resolve_engine()
         _choice(self, "device", DEVICES)
         self._check_names()
+
+    def _resolve_engine(self) -> None:
+        stackable = self.model == "mlp" and not self.batchnorm
+        if self.engine == "auto":
+            self.engine = "stacked" if stackable else "reference"
+        elif self.engine == "stacked" and not stackable:
+            raise SingledirError(
+                f"engine 'stacked' trains MLPs without batch norm only (got model={self.model!r}, "
+                f"batchnorm={self.batchnorm!r}); use engine 'reference' or 'auto'"
+            )
 
     def _check_names(self) -> None:
         """Unknown dataset/model names fail here, before any work, when those modules are present."""

@@ -37,6 +37,7 @@ from singledir.training.data import load_data
 
 # tags for derived seeds
 _SHUFFLE, _GLOBAL = 1, 2
+_NAN2 = (float("nan"), float("nan"))
 
 
 def derive_seed(*keys: int) -> int:
@@ -149,6 +150,14 @@ def _config_mismatch(stored: TrainConfig, given: TrainConfig) -> list[str]:
     return [f"{k}={b[k]!r} (run has {a[k]!r})" for k in a if a[k] != b[k] and k not in RUNTIME_SETTINGS]
 
 
+def _set_postfix(bar, history: list[dict]) -> None:
+    """The tqdm postfix: last training loss/accuracy and the last test accuracy measured."""
+    last = history[-1]
+    test = next((r["test_acc"] for r in reversed(history) if r["test_acc"] == r["test_acc"]), float("nan"))
+    bar.set_postfix(loss=f"{last['train_loss']:.4f}", acc=f"{last['train_acc']:.4f}", test=f"{test:.4f}",
+                    refresh=False)
+
+
 # ---------------------------------------------------------------------------- train
 def train(
     config: TrainConfig | dict | None,
@@ -175,13 +184,32 @@ def train(
     """
     out = Path(out_dir)
     callbacks = list(callbacks)
+    cfg, stored = resolve_target(config, out, overwrite=overwrite, resume=resume)
+    if cfg.engine == "stacked":  # MLPs: the stacked engine, a group of one (see singledir.training.grouped)
+        from singledir.training.grouped import train_group
+
+        return train_group([cfg], [out], resume=resume, overwrite=overwrite, progress=progress,
+                           callbacks=callbacks)[0]
+    trainer = _Trainer(cfg, out, progress, callbacks)
+    return trainer.resume(stored) if stored is not None else trainer.fresh(overwrite)
+
+
+def resolve_target(config, out: Path, *, overwrite: bool, resume: bool) -> tuple[TrainConfig, dict | None]:
+    """The validated config of a run to train into ``out``, and its stored config.json when resuming.
+
+    Raises what :func:`train` documents (both flags, a complete run to resume, a config that differs
+    from the stored one, a target that is not fresh).
+    """
     if resume:
         if overwrite:
             raise SingledirError("pass either resume=True or overwrite=True, not both")
         stored = rd.read_config(out)
         if rd.is_complete(out):
             raise RunDirError(f"{out} is already a complete run; nothing to resume (load it with singledir.load_run)")
-        cfg = TrainConfig.from_dict(stored, strict=False)
+        # runs written before these settings existed: their engine was the reference loop, and they
+        # evaluated the test set every epoch
+        stored_cfg = {"engine": "reference", "history_every": 1, **stored}
+        cfg = TrainConfig.from_dict(stored_cfg, strict=False)
         if config is not None:
             given = TrainConfig.coerce(config)
             diff = _config_mismatch(cfg, given)
@@ -190,12 +218,12 @@ def train(
                     f"settings differ from the run being resumed: {'; '.join(diff)}; drop them to resume"
                 )
             cfg = dataclasses.replace(cfg, **{k: getattr(given, k) for k in RUNTIME_SETTINGS})
-        return _Trainer(cfg, out, progress, callbacks).resume(stored)
+        return cfg, stored
     if config is None:
         raise SingledirError("a training config is required (None is only allowed with resume=True)")
     cfg = TrainConfig.coerce(config)
     _check_fresh_target(out, overwrite)
-    return _Trainer(cfg, out, progress, callbacks).fresh(overwrite)
+    return cfg, None
 
 
 class _Trainer:
@@ -321,9 +349,13 @@ class _Trainer:
 
     # ------------------------------------------------------------------ pieces
     def _evaluate(self):
-        tr, tr_clean = _eval_stats(self.model, self.x_train, [self.y_train, self.y_clean], self.eval_bs)
-        (te,) = _eval_stats(self.model, self.x_test, [self.y_test], self.eval_bs)
-        return tr, tr_clean, te
+        return (*self._evaluate_train(), self._evaluate_test())
+
+    def _evaluate_train(self):
+        return _eval_stats(self.model, self.x_train, [self.y_train, self.y_clean], self.eval_bs)
+
+    def _evaluate_test(self):
+        return _eval_stats(self.model, self.x_test, [self.y_test], self.eval_bs)[0]
 
     def _row(self, epoch, tr, tr_clean, te, running, seconds) -> dict:
         return {
@@ -360,9 +392,9 @@ class _Trainer:
         }
         atomic_torch_save(self.out / rd.STATE, state)
 
-    def _stop_reason(self) -> str | None:
+    def _stop_reason(self, last: dict | None = None) -> str | None:
         cfg = self.cfg
-        last = self.history[-1]
+        last = self.history[-1] if last is None else last
         if cfg.until_train_acc is not None and self.epoch >= 1 and last["train_acc"] >= cfg.until_train_acc:
             return "until_train_acc"
         if self.epoch >= cfg.epoch_cap:
@@ -419,9 +451,11 @@ class _Trainer:
                     t0 = time.perf_counter()
                     epoch = self.epoch + 1
                     running = self._train_epoch(epoch)
-                    tr, tr_clean, te = self._evaluate()
+                    tr, tr_clean = self._evaluate_train()
                     self.epoch = epoch
-                    row = self._row(epoch, tr, tr_clean, te, running, 0.0)
+                    row = self._row(epoch, tr, tr_clean, _NAN2, running, 0.0)
+                    if self._stop_reason(row) is not None or cfg.test_epoch(epoch):
+                        row["test_loss"], row["test_acc"] = self._evaluate_test()
                     if epoch in ckpts:
                         self._save_checkpoint(epoch)
                     row["seconds"] = time.perf_counter() - t0
@@ -437,11 +471,7 @@ class _Trainer:
         return self._finish(reason)
 
     def _postfix(self, bar) -> None:
-        last = self.history[-1]
-        bar.set_postfix(
-            loss=f"{last['train_loss']:.4f}", acc=f"{last['train_acc']:.4f}", test=f"{last['test_acc']:.4f}",
-            refresh=False,
-        )
+        _set_postfix(bar, self.history)
 
     def _finish(self, reason: str) -> rd.Run:
         out = self.out
