@@ -8,7 +8,10 @@
 
   - ``runner.train(configs)`` makes sure every config has a complete run in ``runs/<run_name>``: a
     complete run (``COMPLETE`` marker) is reused untouched, an interrupted one is resumed, a missing one
-    is trained. Independent runs train in parallel when ``jobs > 1``. A partial run whose resume state
+    is trained. MLPs that differ only in per-network settings (seed, labels, lr, stopping, ...; see
+    :func:`singledir.training.grouped.group_key`) are trained as one stacked group of up to
+    :data:`GROUP_SIZE` (:func:`plan_groups`, :func:`train_group_task`): one task, each network under its
+    own lease, bit-identical to training it alone. Tasks run in parallel when ``jobs > 1``. A partial run whose resume state
     cannot be read is moved aside to ``runs/<name>.unreadable-<UTC time>`` (never deleted) and trained
     again; stderr says so.
   - ``runner.analyze(fn, run_dirs, params)`` calls ``fn(run_dir, **params) -> {name: DataFrame}`` for
@@ -136,6 +139,109 @@ def train_one(config: dict, run_dir: str, wait: bool = False) -> str:
         return "trained"
     finally:
         lease.release()
+
+
+def train_group_task(configs: list[dict], run_dirs: list[str], wait: bool = False) -> list[str]:
+    """Leave a complete run in each of ``run_dirs``, training the missing ones as one group (one task).
+
+    Like :func:`train_one` for each network -- under each run's lease, reused when complete, resumed when
+    interrupted (an unreadable one moved aside and trained again), trained when missing -- except that
+    the networks to train or resume are trained together by :func:`singledir.training.grouped.train_group`
+    (bit-identical to training each alone). Returns one status per network (``"busy"`` for a run whose
+    lease another live worker holds when ``wait`` is false).
+    """
+    from singledir.training import rundir as rd
+    from singledir.training.grouped import GroupMemberError, group_key, train_group
+
+    if any(group_key(c) is None for c in configs):  # not stackable (ConvNets, batch norm): one by one
+        return [train_one(c, d, wait) for c, d in zip(configs, run_dirs)]
+    status: list[str | None] = [None] * len(configs)
+    held: dict[int, Lease] = {}
+    try:
+        for i, d in enumerate(run_dirs):
+            out = Path(d)
+            if rd.is_complete(out):
+                status[i] = "reused"
+                continue
+            lease = Lease(lease_path(out))
+            if not lease.acquire(wait=wait):
+                status[i] = BUSY
+                continue
+            if rd.is_complete(out):
+                lease.release()
+                status[i] = "reused"
+                continue
+            held[i] = lease
+        todo = sorted(held)
+        resume = {}
+        for i in todo:
+            out = Path(run_dirs[i])
+            lease = held[i]
+            took = ({"taken_over_from": {k: lease.taken_over.get(k) for k in ("host", "pid")}}
+                    if lease.taken_over else {})
+            if (out / rd.CONFIG).is_file():
+                resume[i] = True
+                journal(journal_path(out), "resume", group=len(todo), **took)
+            else:
+                if out.exists():  # killed before its config was written: nothing of a run in it yet
+                    shutil.rmtree(out)
+                resume[i] = False
+                journal(journal_path(out), "train", group=len(todo), **took)
+        while todo:
+            try:
+                train_group([configs[i] for i in todo], [run_dirs[i] for i in todo],
+                            resume=[resume[i] for i in todo], progress=False)
+                break
+            except GroupMemberError as err:  # unreadable resume state: keep it for a post-mortem, train again
+                i = todo[err.index]
+                out = Path(run_dirs[i])
+                if not resume[i]:
+                    raise
+                aside = move_aside(out)
+                journal(journal_path(out), "moved-aside", to=aside.name, reason=str(err))
+                print(f"singledir: cannot resume the partial run {out} ({err}); moved it to {aside} and "
+                      f"training it again", file=sys.stderr, flush=True)
+                resume[i] = False
+                journal(journal_path(out), "train", group=len(todo))
+        for i in todo:
+            status[i] = "resumed" if resume[i] else "trained"
+    finally:
+        for lease in held.values():
+            lease.release()
+    return status
+
+
+#: the most networks trained as one group (one task)
+GROUP_SIZE = 32
+
+
+def plan_groups(configs: Sequence[dict], jobs: int = 1, size: int = GROUP_SIZE) -> list[list[int]]:
+    """Indices of ``configs`` split into training tasks: stackable configs with one group key together.
+
+    Each key's configs are cut into ``max(ceil(n / size), min(jobs, n // 2))`` near-equal groups (so
+    ``jobs`` workers share a large group's work), in their given order; a config the stacked engine
+    does not train (ConvNets, batch norm) is a task of its own.
+    """
+    from singledir.training.grouped import group_key
+
+    keyed: dict[str, list[int]] = {}
+    tasks: list[list[int]] = []
+    for i, c in enumerate(configs):
+        key = group_key(c)
+        if key is None:
+            tasks.append([i])
+        else:
+            keyed.setdefault(key, []).append(i)
+    for idx in keyed.values():
+        n = len(idx)
+        parts = max(-(-n // size), min(max(1, jobs), n // 2), 1)
+        base, extra = divmod(n, parts)
+        start = 0
+        for p in range(parts):
+            m = base + (1 if p < extra else 0)
+            tasks.append(idx[start: start + m])
+            start += m
+    return tasks
 
 
 def _accepts_device(fn: Callable) -> bool:
@@ -314,12 +420,45 @@ class Runner:
             else:
                 todo.append((c, str(d)))
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        # longest first (by epoch cap), so the pool is not left waiting on one long run at the end
-        todo.sort(key=lambda t: -_cost_hint(t[0]))
-        done = self._map(train_one, todo, f"{desc} ({len(todo)} to train, {len(seen) - len(todo)} cached)")
-        for (_, d), what in zip(todo, done):
+        # MLPs of one architecture train as one stacked group (a task); the rest one by one
+        tasks = [[todo[i] for i in g] for g in plan_groups([c for c, _ in todo], self.jobs)]
+        # longest first (by estimated cost), so the pool is not left waiting on one long task at the end
+        tasks.sort(key=lambda t: -sum(_cost_hint(c) for c, _ in t) / (1.0 if len(t) == 1 else 3.0))
+        results = self._map_groups(tasks, f"{desc} ({len(todo)} to train in {len(tasks)} tasks, "
+                                          f"{len(seen) - len(todo)} cached)")
+        for d, what in results:
             (self.reused if what == "reused" else self.trained).append(Path(d).name)
         return dirs
+
+    def _map_groups(self, tasks: list[list[tuple[dict, str]]], desc: str) -> list[tuple[str, str]]:
+        """Run the training tasks (a group or a single run each); ``(run_dir, status)`` for every network.
+
+        Like :meth:`_map`: a first pass without waiting; the networks whose lease another worker held are
+        then trained (as groups again) in a second pass that waits for their leases.
+        """
+        from tqdm.auto import tqdm
+
+        out: list[tuple[str, str]] = []
+        total = sum(len(t) for t in tasks)
+        if not total:
+            return out
+        with tqdm(total=total, desc=desc, unit="net", leave=False, disable=not self.progress, dynamic_ncols=True,
+                  position=1) as bar:
+            for wait in (False, True):
+                calls = [([c for c, _ in t], [d for _, d in t], wait) for t in tasks]
+                busy: list[tuple[dict, str]] = []
+                for j, cpu, statuses in self.backend.map_unordered(train_group_task, calls):
+                    self.worker_cpu_seconds += cpu
+                    for (c, d), st in zip(tasks[j], statuses):
+                        if st == BUSY:
+                            busy.append((c, d))
+                        else:
+                            out.append((d, st))
+                            bar.update(1)
+                if not busy:
+                    break
+                tasks = [[busy[i] for i in g] for g in plan_groups([c for c, _ in busy], self.jobs)]
+        return out
 
     def analyze(self, fn: Callable, run_dirs: Sequence[Path], params: dict | Sequence[dict], desc: str = "analyze"
                 ) -> list[dict[str, pd.DataFrame]]:
