@@ -149,7 +149,7 @@ def test_group_keys_and_plan():
     configs = [dict(a, seed=s) for s in range(70)] + [dict(a, batch_size=32, seed=0), dict(a, model="convnet")]
     tasks = plan_groups(configs, jobs=2)
     assert sorted(i for t in tasks for i in t) == list(range(72))
-    assert sorted(len(t) for t in tasks) == [1, 1, 23, 23, 24]
+    assert sorted(len(t) for t in tasks) == [1, 1, 17, 17, 18, 18]
     assert sorted(len(t) for t in plan_groups(configs[:10], jobs=2)) == [5, 5]
 
 

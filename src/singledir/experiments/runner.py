@@ -219,7 +219,8 @@ def plan_groups(configs: Sequence[dict], jobs: int = 1, size: int = GROUP_SIZE) 
     """Indices of ``configs`` split into training tasks: stackable configs with one group key together.
 
     Each key's configs are cut into ``max(ceil(n / size), min(jobs, n // 2))`` near-equal groups (so
-    ``jobs`` workers share a large group's work), in their given order; a config the stacked engine
+    ``jobs`` workers share a large group's work), rounded up to a multiple of ``jobs`` when there are
+    more groups than workers, in their given order; a config the stacked engine
     does not train (ConvNets, batch norm) is a task of its own.
     """
     from singledir.training.grouped import group_key
@@ -234,7 +235,10 @@ def plan_groups(configs: Sequence[dict], jobs: int = 1, size: int = GROUP_SIZE) 
             keyed.setdefault(key, []).append(i)
     for idx in keyed.values():
         n = len(idx)
-        parts = max(-(-n // size), min(max(1, jobs), n // 2), 1)
+        jobs = max(1, jobs)
+        parts = max(-(-n // size), min(jobs, n // 2), 1)
+        if parts > jobs:  # a multiple of the workers, so that none waits on a last group alone
+            parts = min(-(-parts // jobs) * jobs, max(1, n // 2))
         base, extra = divmod(n, parts)
         start = 0
         for p in range(parts):

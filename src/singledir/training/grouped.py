@@ -509,7 +509,7 @@ class _Group:
         n, bs, dev = len(self.x_train), self.batch_size, self.device
         perms = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(
             derive_seed(mem.cfg.seed, _SHUFFLE, mem.epoch + 1))) for mem in stack.rows]).to(dev)
-        total = torch.zeros(len(stack.rows), dtype=torch.float64)
+        total = torch.zeros(len(stack.rows), dtype=torch.float64, device=dev)
         for i in range(0, n, bs):
             idx = perms[:, i: i + bs]  # (K, B)
             xb = self.x_train[idx]  # (K, B, D)
@@ -520,8 +520,8 @@ class _Group:
             per_net = ce.reshape(idx.shape).mean(1)  # (K,): each network's own mean loss, as alone
             per_net.sum().backward()
             stack.update(self.optimizer, self.momentum)
-            total += per_net.detach().double().cpu() * idx.shape[1]
-        return [float(t) / max(1, n) for t in total[: stack.real]]
+            total += per_net.detach().double() * idx.shape[1]
+        return [float(t) / max(1, n) for t in total[: stack.real].cpu()]
 
     def run(self) -> list[rd.Run]:
         from tqdm.auto import tqdm

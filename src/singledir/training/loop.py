@@ -1,5 +1,9 @@
 """The training loop: deterministic, resumable, writes a run directory (see :mod:`.rundir`).
 
+:func:`train` trains one network. MLPs without batch norm (``TrainConfig.engine == "stacked"``) go
+through :mod:`.grouped` as a group of one, so that a network's weights are the same alone or in a group;
+every other model (and ``engine="reference"``) through the torch.optim loop here (``_Trainer``).
+
 Determinism: the initial weights come from ``build_model(seed=seed)``; each epoch's shuffling uses a
 ``torch.Generator`` seeded from ``(seed, epoch)``; dropout uses torch's global RNG, which is seeded from
 ``seed`` at the start, saved in ``state.pt`` every epoch and restored on resume -- and the caller's own
@@ -11,7 +15,9 @@ indexing -- are deterministic on the CPU anyway. CUDA runs are seeded the same w
 differ in the last bits.)
 
 Speed: the data are tensors on the device; batches are slices of a per-epoch index permutation (no
-DataLoader); evaluation runs under ``torch.inference_mode`` with large batches.
+DataLoader); evaluation runs under ``torch.inference_mode`` with large batches; the training set is
+evaluated every epoch (the stopping rule reads it), the test set only where ``TrainConfig.test_epoch``
+says (every ``history_every`` epochs, checkpoints, first and last epoch; NaN in history.csv elsewhere).
 """
 
 from __future__ import annotations
@@ -177,7 +183,10 @@ def train(
     :data:`RUNTIME_SETTINGS` -- data_dir, device, eval_batch_size -- whose given values are used and
     recorded under ``resumes`` in config.json). ``progress``: a tqdm bar on
     stderr. ``callbacks``: each is called as ``cb(epoch, metrics, model)`` after every completed epoch,
-    once its state is saved (raising KeyboardInterrupt there leaves a resumable run).
+    once its state is saved (raising KeyboardInterrupt there leaves a resumable run). The config's
+    ``engine`` picks the arithmetic: ``"stacked"`` (the default for MLPs without batch norm) trains the
+    network as a group of one with :func:`singledir.training.grouped.train_group`, bit-identical to the
+    same network trained inside a group.
 
     Refuses (RunDirError) to train into a complete run without ``overwrite``, into an interrupted one
     without ``resume`` or ``overwrite``, and into a non-empty directory that is not a run.
