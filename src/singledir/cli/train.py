@@ -97,6 +97,7 @@ def _given(args) -> dict:
 
 
 def run(args) -> int:
+    from singledir.cli.outputs import check_out
     from singledir.training import TrainConfig, train
     from singledir.training.rundir import read_config
 
@@ -109,7 +110,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.resume is not None:  # train() refuses resume together with overwrite
-        out = args.resume
+        out = check_out(args.resume, "--resume")
         if args.out is not None and Path(args.out).resolve() != Path(out).resolve():
             raise SingledirError(f"--out {args.out} differs from --resume {out}; a run resumes in its own directory")
         config = None
@@ -120,7 +121,7 @@ def run(args) -> int:
     else:
         if args.out is None:
             raise SingledirError("pass --out RUN_DIR (or --resume RUN_DIR to continue an interrupted run)")
-        out = args.out
+        out = check_out(args.out)
         config = TrainConfig.from_dict(given)
         resume = False
     try:

@@ -130,7 +130,7 @@ class Lease:
     """An exclusive lease on ``path`` (see module doc); ``taken_over`` says whether a dead holder's was taken."""
 
     def __init__(self, path, *, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S,
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.5, guard=None) -> None:
         self.path = Path(path)
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
@@ -140,7 +140,7 @@ class Lease:
         self.lost = False  # set by the heartbeat when another worker took the lease over
         self.beat = 0
         self.taken_over: dict | None = None  # the dead holder's record when this lease was taken over
-        self._guard = FileLock(str(self.path) + ".lock")
+        self._guard = FileLock(str(self.path) + ".lock" if guard is None else str(guard))
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -238,8 +238,15 @@ class Lease:
 
 
 # ---------------------------------------------------------------------------- one writer per folder
+WRITERS_GUARD = ".singledir-writers.lock"  # one short-lived guard per parent folder for all its writer leases
+
+
 def writer_lock_path(folder) -> Path:
-    """The lease file that guards ``folder``: ``.<name>.writer`` beside it (symlinks resolved)."""
+    """The lease file that guards ``folder``: ``.<name>.writer`` beside it (symlinks resolved).
+
+    It exists only while a writer holds it (or after a writer was killed); the decisions about it are
+    made under one guard file per parent folder, ``.singledir-writers.lock``.
+    """
     folder = Path(folder).resolve()
     return folder.with_name(f".{folder.name}.writer")
 
@@ -264,7 +271,8 @@ def writer_lock(folder, what: str = "folder", *, wait: bool = False, stale_after
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SingledirError(f"cannot create {path.parent}: {err.strerror or err}; choose another place") from None
-    lease = Lease(path, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s, poll_s=poll_s)
+    lease = Lease(path, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s, poll_s=poll_s,
+                  guard=path.with_name(WRITERS_GUARD))
     first, told = None, False
     while True:
         try:

@@ -150,7 +150,17 @@ def _config_mismatch(stored: TrainConfig, given: TrainConfig) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- train
-def train(
+def train(config, out_dir, *, callbacks=(), **kwargs) -> rd.Run:
+    """:func:`_train` under the run directory's writer lease (:func:`.rundir.run_lock`): one writer per run.
+
+    A second writer of the same directory gets a one-line LockedError naming the holder; the lease is
+    checked after every epoch (a writer whose lease was taken over stops, leaving a resumable run).
+    """
+    with rd.run_lock(out_dir) as lock:
+        return _train(config, out_dir, callbacks=[*callbacks, lock.check], **kwargs)
+
+
+def _train(
     config: TrainConfig | dict | None,
     out_dir,
     *,
@@ -288,7 +298,7 @@ class _Trainer:
                 self.model.load_state_dict(state["model"])
                 self.opt.load_state_dict(state["optimizer"])
             except Exception as err:  # noqa: BLE001
-                raise RunDirError(f"cannot read {state_path}: {err}; start again with overwrite=True") from None
+                raise RunDirError(f"cannot read {state_path} ({rd.describe_error(err)}); start again with overwrite=True") from None
             self.epoch = int(state["epoch"])
             self.elapsed = float(state.get("elapsed", 0.0))
             self.rng_state = state
