@@ -203,3 +203,21 @@ def test_train_accepts_cuda_n_like_analyze(monkeypatch):
 
         with pytest.raises(SingledirError, match="CUDA is not available"):
             resolve_device("cuda:1")
+
+
+def test_leftovers_of_a_killed_writer_are_removed_by_the_next(tmp_path, capsys):
+    out = tmp_path / "r"
+    (out / "checkpoints").mkdir(parents=True)  # killed between creating checkpoints/ and writing config.json
+    assert main(["train", "--dataset", "digits", "--width", "8", "--epochs", "2", "--out", str(out), "--quiet"]) == 0
+
+    def stop(epoch, _metrics, _model):
+        raise KeyboardInterrupt
+
+    again = tmp_path / "again"
+    with pytest.raises(KeyboardInterrupt):
+        train({**TINY, "checkpoints": "1,2"}, again, progress=False, callbacks=[stop])
+    junk = [again / ".state.pt.tmp999999", again / "checkpoints" / ".epoch_0002.safetensors.tmp999998"]
+    for p in junk:  # what kill -9 during a write leaves
+        p.write_bytes(b"half")
+    assert main(["train", "--resume", str(again), "--quiet"]) == 0
+    assert not any(p.exists() for p in junk)

@@ -131,7 +131,8 @@ def run_lock(run_dir, *, wait: bool = False):
     ``overwrite``) and any other trainer (grouped training) -- so a run's files always come from one
     training. A live holder makes this raise :class:`~singledir.errors.LockedError`, one line naming its
     host and pid (``wait=True``: wait for it instead); a dead holder's lease is taken over. Once held, the
-    temporary files of writers that were killed (``.state.pt.tmp<pid>``, ...) are removed. Yields the
+    leftovers of writers that were killed are removed: temporary files (``.state.pt.tmp<pid>``, ...) and
+    an empty ``checkpoints/`` without config.json. Yields the
     :class:`~singledir.experiments.leases.Lease`; its ``check`` (usable as a training callback) raises once
     the lease was lost to another worker. Works for a directory that does not exist yet (the lease
     lives beside it: ``.NAME.writer``).
@@ -140,7 +141,15 @@ def run_lock(run_dir, *, wait: bool = False):
 
     with writer_lock(run_dir, "run directory", wait=wait) as lease:
         remove_temp_files(run_dir)
+        _remove_setup_leftovers(Path(run_dir))
         yield lease
+
+
+def _remove_setup_leftovers(run_dir: Path) -> None:
+    """A writer killed between creating ``checkpoints/`` and writing config.json left only that empty folder."""
+    ckpt = run_dir / CKPT_DIR
+    if not (run_dir / CONFIG).exists() and ckpt.is_dir() and not ckpt.is_symlink() and not any(ckpt.iterdir()):
+        ckpt.rmdir()
 
 
 # ---------------------------------------------------------------------------- reading run dirs
