@@ -235,3 +235,56 @@ def test_zoo_killed_at_a_random_point_finishes_as_if_uninterrupted(tmp_path):
     keep = [c for c in a.columns if "second" not in c and c not in ("run_dir",)]
     pd.testing.assert_frame_equal(a[keep], b[keep])
     assert leftovers(killed) == []
+
+
+# ------------------------------------------------------------------------------------------ the swap itself
+def _write(folder: Path, tag: str) -> None:
+    for name in ("a.parquet", "summary.json"):
+        (folder / name).write_text(tag)
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_atomic_directory_swaps_in_a_whole_folder(tmp_path, monkeypatch, exchange):
+    from singledir import io
+
+    if not exchange:  # a file system without renameat2(RENAME_EXCHANGE): two renames
+        monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    out = tmp_path / "out"
+    with io.atomic_directory(out, "analysis") as tmp:
+        _write(tmp, "one")
+    with pytest.raises(RuntimeError):
+        with io.atomic_directory(out, "analysis") as tmp:
+            _write(tmp, "two")
+            (tmp / "extra.png").write_text("two")
+            raise RuntimeError("killed half-way")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a.parquet": "one", "summary.json": "one"}
+    with io.atomic_directory(out, "analysis") as tmp:
+        _write(tmp, "three")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a.parquet": "three", "summary.json": "three"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_writer_killed_between_the_two_renames_leaves_the_old_result_for_the_next(tmp_path):
+    from singledir import io
+
+    out = tmp_path / "out"
+    (tmp_path / ".out.old-123-abcd").mkdir()
+    _write(tmp_path / ".out.old-123-abcd", "old")  # the previous result, moved aside
+    (tmp_path / ".out.new-123-abcd").mkdir()  # the new one, never moved in
+    with io.atomic_directory(out, "analysis") as tmp:
+        assert (out / "summary.json").read_text() == "old"  # restored before anything else
+        _write(tmp, "new")
+    assert (out / "summary.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_directory_never_replaces_a_folder_it_did_not_write(tmp_path):
+    from singledir import io
+    from singledir.errors import SingledirError
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("precious")
+    with pytest.raises(SingledirError, match="not an earlier analysis"):
+        with io.atomic_directory(tmp_path / "home", "analysis"):
+            pass
+    assert (tmp_path / "home" / "thesis.tex").read_text() == "precious"

@@ -25,5 +25,5 @@ class RunDirError(SingledirError):
     """A run directory is missing, incomplete, or would be overwritten."""
 
 
-class LockedError(RunDirError):
+class LockedError(SingledirError):
     """Another live process is writing the same run directory or output folder; the message names it."""

@@ -42,7 +42,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory made by `singledir train`")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR",
-                   help="folder for the outputs (created; files of the same names are replaced)")
+                   help="folder for the outputs: new, empty, or an earlier analysis (replaced as a whole when the new "
+                        "one is complete)")
     p.add_argument("--epoch", type=_nonneg_int, default=None,
                    help="analyse the weights of this checkpoint epoch (default: the final model)")
     p.add_argument("--layers", default=None,

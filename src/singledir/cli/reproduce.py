@@ -60,6 +60,7 @@ def default_jobs(device: str) -> int:
 def run(args) -> int:
     from singledir.cli.outputs import check_out
     from singledir.experiments.leases import writer_lock
+    from singledir.io import remove_temp_files
     from singledir.experiments.reproduce import reproduce  # checks claims, preset and dataset names
 
     check_out(args.out)
@@ -69,6 +70,7 @@ def run(args) -> int:
         if len(sys.argv) > 1 and sys.argv[1] == "reproduce" else \
         f"singledir reproduce {' '.join(args.claims)} --preset {args.preset} --out {args.out}".replace("  ", " ")
     with writer_lock(args.out, "report folder", wait=True):
+        remove_temp_files(args.out)  # of killed writers: the one writer of this folder now is us
         doc = reproduce(args.out, args.claims, preset=args.preset, dataset=args.dataset, data_dir=args.data_dir,
                         device=args.device, jobs=jobs, progress=not args.quiet, command=command,
                         backend=args.backend, address=args.address, seed_offset=args.seed_offset)

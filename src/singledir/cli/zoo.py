@@ -41,6 +41,7 @@ def run(args) -> int:
     from singledir.cli.outputs import check_out
     from singledir.cli.reproduce import default_jobs
     from singledir.experiments.leases import writer_lock
+    from singledir.io import remove_temp_files
     from singledir.zoo.bench import run_zoo
     from singledir.zoo.grid import get_preset
     from singledir.zoo.report import leaderboard
@@ -53,6 +54,7 @@ def run(args) -> int:
     check_backend(args)
     jobs = args.jobs or default_jobs(args.device)
     with writer_lock(args.out, "zoo folder", wait=True):
+        remove_temp_files(args.out)  # of killed writers: the one writer of this folder now is us
         doc = run_zoo(args.out, args.preset, dataset=args.dataset, data_dir=args.data_dir, jobs=jobs,
                       device=args.device, progress=not args.quiet, backend=args.backend,
                       address=args.address)
