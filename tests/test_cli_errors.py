@@ -221,3 +221,16 @@ def test_leftovers_of_a_killed_writer_are_removed_by_the_next(tmp_path, capsys):
         p.write_bytes(b"half")
     assert main(["train", "--resume", str(again), "--quiet"]) == 0
     assert not any(p.exists() for p in junk)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--model", "convnet", "--width", "64"], "--width 64 applies only to --model mlp"),
+    (["--width-mult", "0.5"], "--width-mult 0.5 applies only to convnet/resnet"),
+    (["--momentum", "0.5"], "--momentum 0.5 applies only to --optimizer sgd"),
+    (["--max-epochs", "5"], "--max-epochs 5 caps --until-train-acc only"),
+    (["--corrupt-seed", "3"], "--corrupt-seed 3 has no effect without --corrupt"),
+    (["--corrupt-method", "uniform"], "--corrupt-method uniform has no effect"),
+])
+def test_a_flag_that_would_be_ignored_is_an_error(tmp_path, capsys, flags, match):
+    one_line_error(capsys, ["train", "--dataset", "digits", "--out", str(tmp_path / "r"), "--quiet", *flags], match)
+    assert not (tmp_path / "r").exists()
