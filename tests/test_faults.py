@@ -111,10 +111,11 @@ def reference(tmp_path_factory) -> Path:
 
 
 def test_training_killed_at_random_points_resumes_to_the_uninterrupted_weights(reference, tmp_path):
+    killed = []
     for i in range(3):
         out = tmp_path / f"run{i}"
         proc = start("train", *DIGITS, *TRAIN, "--out", str(out))
-        kill_after(proc, out, RNG.uniform(0.0, 2.0))
+        killed.append(kill_after(proc, out, RNG.uniform(0.0, 2.0)))
         if (out / "config.json").is_file() and not (out / "COMPLETE").is_file():
             assert main(["train", "--resume", str(out), "--quiet", "--threads", "1"]) == 0
         elif not (out / "COMPLETE").is_file():  # killed while it set the directory up: start it again
@@ -123,6 +124,7 @@ def test_training_killed_at_random_points_resumes_to_the_uninterrupted_weights(r
         a, b = (load_run(d).history.drop(columns="seconds") for d in (out, reference))
         assert a.equals(b)
         assert leftovers(out) == []
+    assert any(killed)  # at least one kill came while it was writing
 
 
 def test_two_trainings_into_one_out_leave_one_whole_run(tmp_path, capsys):
@@ -288,3 +290,21 @@ def test_atomic_directory_never_replaces_a_folder_it_did_not_write(tmp_path):
         with io.atomic_directory(tmp_path / "home", "analysis"):
             pass
     assert (tmp_path / "home" / "thesis.tex").read_text() == "precious"
+
+
+def test_a_trainer_whose_lease_was_taken_over_stops_at_the_next_epoch(tmp_path):
+    """#16 item 8 in training: a stalled writer that lost its lease must not keep writing the run."""
+    from singledir.experiments.leases import LeaseLostError
+
+    out = tmp_path / "run"
+    seen = []
+
+    def take_over(epoch, _metrics, _model):
+        seen.append(epoch)
+        if epoch == 2:  # another worker decided this one was dead and took the lease
+            writer_lock_path(out).write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "theirs", "beat": 0}))
+
+    with pytest.raises(LeaseLostError, match="lost the lease"):
+        train({"dataset": "digits", "width": 8, "epochs": 10}, out, progress=False, callbacks=[take_over])
+    assert seen == [1, 2] and not (out / "COMPLETE").exists()
+    assert json.loads(writer_lock_path(out).read_text())["token"] == "theirs"  # the winner's lease is left alone

@@ -203,7 +203,14 @@ class Lease:
         self.held = False
 
     def check(self, *_args) -> None:
-        """Raise :class:`LeaseLostError` when another worker has taken this lease over (usable as a callback)."""
+        """Raise :class:`LeaseLostError` when another worker has taken this lease over (usable as a callback).
+
+        Reads the lease file (no lock: it is replaced atomically), so a take-over is noticed at the next
+        check, not only at the next heartbeat.
+        """
+        if self.held and not self.lost:
+            rec = holder(self.path)
+            self.lost = rec is None or rec.get("token") != self.token
         if self.lost:
             raise LeaseLostError(
                 f"lost the lease {self.path} to another worker (this one was stalled or presumed dead); "

@@ -150,14 +150,19 @@ def _config_mismatch(stored: TrainConfig, given: TrainConfig) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- train
-def train(config, out_dir, *, callbacks=(), **kwargs) -> rd.Run:
-    """:func:`_train` under the run directory's writer lease (:func:`.rundir.run_lock`): one writer per run.
+def train(config, out_dir, *, overwrite: bool = False, resume: bool = False, progress: bool = True,
+          callbacks=()) -> rd.Run:
+    with rd.run_lock(out_dir) as lock:  # one writer per run directory (see _ONE_WRITER)
+        return _train(config, out_dir, overwrite=overwrite, resume=resume, progress=progress,
+                      callbacks=[*callbacks, lock.check])
 
-    A second writer of the same directory gets a one-line LockedError naming the holder; the lease is
-    checked after every epoch (a writer whose lease was taken over stops, leaving a resumable run).
-    """
-    with rd.run_lock(out_dir) as lock:
-        return _train(config, out_dir, callbacks=[*callbacks, lock.check], **kwargs)
+
+_ONE_WRITER = """
+    One writer per run directory: all of this happens under the directory's writer lease
+    (:func:`.rundir.run_lock`); a second writer gets a one-line LockedError naming the holder (host,
+    pid), and the lease is checked after every epoch (a writer whose lease was taken over stops,
+    leaving a resumable run).
+"""
 
 
 def _train(
@@ -206,6 +211,9 @@ def _train(
     cfg = TrainConfig.coerce(config)
     _check_fresh_target(out, overwrite)
     return _Trainer(cfg, out, progress, callbacks).fresh(overwrite)
+
+
+train.__doc__ = _train.__doc__ + _ONE_WRITER
 
 
 class _Trainer:
