@@ -134,13 +134,13 @@ def test_engine_is_recorded_and_hashed():
         TrainConfig(dataset="digits", model="convnet", engine="stacked")
     with pytest.raises(SingledirError, match="history_every"):
         TrainConfig(dataset="digits", history_every=0)
-    c = dict(BASE, epochs=2)
+    c = dict(BASE, epochs=5)
     assert run_name(c) != run_name(dict(c, engine="reference"))
     assert run_name(c) == run_name(dict(c, engine="auto"))
 
 
 def test_group_keys_and_plan():
-    a = dict(BASE, epochs=2)
+    a = dict(BASE, epochs=5)
     assert group_key(a) == group_key(dict(a, seed=3, lr=0.1, corrupt=1.0, dropout=0.3, until_train_acc=0.9,
                                           epochs=None))
     assert group_key(a) != group_key(dict(a, batch_size=32))
@@ -155,10 +155,10 @@ def test_group_keys_and_plan():
 
 def test_train_group_rejects_mixed_architectures(tmp_path):
     with pytest.raises(SingledirError, match="one architecture"):
-        train_group([dict(BASE, epochs=1), dict(BASE, epochs=1, width=8)], [tmp_path / "a", tmp_path / "b"],
+        train_group([dict(BASE, epochs=5), dict(BASE, epochs=5, width=8)], [tmp_path / "a", tmp_path / "b"],
                     progress=False)
     with pytest.raises(SingledirError, match="same out_dir"):
-        train_group([dict(BASE, epochs=1)] * 2, [tmp_path / "a", tmp_path / "a"], progress=False)
+        train_group([dict(BASE, epochs=5)] * 2, [tmp_path / "a", tmp_path / "a"], progress=False)
 
 
 def test_runner_trains_groups_and_reuses_them(tmp_path):

@@ -23,3 +23,7 @@ class DataFormatError(SingledirError, ValueError):
 
 class RunDirError(SingledirError):
     """A run directory is missing, incomplete, or would be overwritten."""
+
+
+class LockedError(SingledirError):
+    """Another live process is writing the same run directory or output folder; the message names it."""

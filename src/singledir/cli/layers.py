@@ -1,7 +1,8 @@
 """``singledir layers RUN_DIR``: list a run's unit layers (dotted name, units, output shape per example).
 
 The shapes come from forward hooks on one all-zeros example through the run's architecture (rebuilt from
-its config.json), so this works without the dataset and also for an interrupted run.
+its config.json), so this works without the dataset and also for an interrupted run; config.json is
+first checked against the saved weights (a config that does not describe them is a one-line error).
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def layer_table(model, input_shape) -> list[dict]:
 
 
 def run(args) -> int:
-    from singledir.training.rundir import build_from_config, read_config
+    from singledir.training.rundir import build_from_config, check_weights, read_config
 
     config = read_config(args.run_dir)
+    check_weights(args.run_dir, config)
     model = build_from_config(config)
     rows = layer_table(model, tuple(config["model_config"]["input_shape"]))
     if args.json:

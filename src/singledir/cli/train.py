@@ -96,7 +96,27 @@ def _given(args) -> dict:
     return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
 
 
+# (flag, field, when it is ignored, why) -- a flag the training would ignore is an error, not a silent no-op
+_IGNORED = [
+    ("--width", "width", lambda c: c.model != "mlp", "applies only to --model mlp (use --width-mult)"),
+    ("--width-mult", "width_mult", lambda c: c.model == "mlp", "applies only to convnet/resnet (use --width)"),
+    ("--momentum", "momentum", lambda c: c.optimizer != "sgd", "applies only to --optimizer sgd"),
+    ("--max-epochs", "max_epochs", lambda c: c.until_train_acc is None,
+     "caps --until-train-acc only (use --epochs N for a fixed length)"),
+    ("--corrupt-method", "corrupt_method", lambda c: c.corrupt == 0, "has no effect without --corrupt P > 0"),
+    ("--corrupt-seed", "corrupt_seed", lambda c: c.corrupt == 0, "has no effect without --corrupt P > 0"),
+]
+
+
+def check_no_ignored_flags(given: dict, config) -> None:
+    """One-line error for a flag that the run's other settings make meaningless (it would be ignored)."""
+    for flag, field, ignored, why in _IGNORED:
+        if field in given and ignored(config):
+            raise SingledirError(f"{flag} {given[field]} {why}; drop it")
+
+
 def run(args) -> int:
+    from singledir.cli.outputs import check_out
     from singledir.training import TrainConfig, train
     from singledir.training.rundir import read_config
 
@@ -109,7 +129,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.resume is not None:  # train() refuses resume together with overwrite
-        out = args.resume
+        out = check_out(args.resume, "--resume")
         if args.out is not None and Path(args.out).resolve() != Path(out).resolve():
             raise SingledirError(f"--out {args.out} differs from --resume {out}; a run resumes in its own directory")
         config = None
@@ -120,8 +140,9 @@ def run(args) -> int:
     else:
         if args.out is None:
             raise SingledirError("pass --out RUN_DIR (or --resume RUN_DIR to continue an interrupted run)")
-        out = args.out
+        out = check_out(args.out)
         config = TrainConfig.from_dict(given)
+        check_no_ignored_flags(given, config)
         resume = False
     try:
         result = train(config, out, overwrite=args.overwrite, resume=resume, progress=not args.quiet)

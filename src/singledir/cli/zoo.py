@@ -3,7 +3,8 @@
 Writes ``OUT/models.parquet`` (one row per model: axes, seed, accuracies, gap, converged, each measure as
 a complexity and its raw value), ``OUT/scores.json`` (Kendall tau + CI, granulated psi, PGDL CMI,
 robust sign-error per measure), ``OUT/index.html`` and ``OUT/report.md``. Runs are cached in
-``OUT/runs``: re-running with the same ``--out`` resumes a killed zoo.
+``OUT/runs``: re-running with the same ``--out`` resumes a killed zoo. One ``zoo`` writes a folder at a
+time: a second one on the same ``--out`` waits for the first, then finishes from its cached runs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     p.add_argument("--jobs", default=None, type=int_at_least(1, "--jobs"),
                    help="models trained / measured in parallel processes (default: the number of CPUs, at most 8)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
+    p.add_argument("--device", default="cpu", help="device: cpu (default), cuda or cuda:N")
     add_backend_arguments(p)
     p.add_argument("--out", required=True, help="zoo folder (runs cached in OUT/runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -37,17 +38,26 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from singledir.cli.outputs import check_out
     from singledir.cli.reproduce import default_jobs
+    from singledir.experiments.leases import writer_lock
+    from singledir.io import remove_temp_files
     from singledir.zoo.bench import run_zoo
     from singledir.zoo.grid import get_preset
     from singledir.zoo.report import leaderboard
 
-    get_preset(args.preset)  # an unknown preset fails before any work (an unknown dataset too, in TrainConfig)
+    from singledir.data import load_dataset
+
+    preset = get_preset(args.preset)  # an unknown preset fails before any work (an unknown dataset too, in TrainConfig)
+    check_out(args.out)
+    load_dataset(args.dataset or preset.dataset, data_dir=args.data_dir)  # missing data: an error before any file
     check_backend(args)
     jobs = args.jobs or default_jobs(args.device)
-    doc = run_zoo(args.out, args.preset, dataset=args.dataset, data_dir=args.data_dir, jobs=jobs,
-                  device=args.device, progress=not args.quiet, backend=args.backend,
-                  address=args.address)
+    with writer_lock(args.out, "zoo folder", wait=True):
+        remove_temp_files(args.out)  # of killed writers: the one writer of this folder now is us
+        doc = run_zoo(args.out, args.preset, dataset=args.dataset, data_dir=args.data_dir, jobs=jobs,
+                      device=args.device, progress=not args.quiet, backend=args.backend,
+                      address=args.address)
     print(f"\nsingledir zoo ({doc['preset']}): {doc['n_converged']}/{doc['n_models']} models converged, "
           f"{doc['wall_seconds']:.0f} s wall")
     board = leaderboard(doc)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import io
+import math
 import os
 import pickle
 import struct
@@ -103,7 +104,7 @@ def parse_idx(data: bytes, label: str = "<bytes>") -> tuple[int, np.ndarray]:
         raise DataFormatError(f"{label}: truncated IDX header (magic says {ndim} dimensions, file has {len(data)} bytes)")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = _IDX_TYPES[code]
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)  # Python ints: no int64 overflow (dims of 2**16 x 2**16 x 2**32 are not 0 elements)
     expected = count * dtype.itemsize
     payload = len(data) - header
     if payload != expected:

@@ -28,6 +28,7 @@ Decisions (documented here, recorded in every run's ``config.json``):
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ DEFAULT_HISTORY_EVERY = 10
 ENGINES = ("auto", "stacked", "reference")
 OPTIMIZERS = ("adam", "sgd")
 CORRUPT_METHODS = ("shuffle", "uniform")
-DEVICES = ("cpu", "cuda")
+DEVICES = ("cpu", "cuda", "cuda:N")
 #: Settings that do not change the weights a run computes (where the data live, which device, the
 #: evaluation batch size): a resumed run may use new values for them (the data are checked by
 #: fingerprint), and they are not part of a run's identity (e.g. a run cache key). Everything else
@@ -143,8 +144,8 @@ class TrainConfig:
     def validate(self) -> None:
         _str(self, "dataset")
         _str(self, "model")
-        if self.data_dir is not None:
-            self.data_dir = str(self.data_dir)
+        if self.data_dir is not None:  # recorded absolute: the run can be used from any working directory
+            self.data_dir = os.path.abspath(os.path.expanduser(str(self.data_dir)))
         _opt_int(self, "train_subset", 1)
         _opt_int(self, "test_subset", 1)
         _int(self, "data_seed", 0)
@@ -176,7 +177,16 @@ class TrainConfig:
         _int(self, "history_every", 1)
         _choice(self, "engine", ENGINES)
         self._resolve_engine()
-        _choice(self, "device", DEVICES)
+        if isinstance(self.checkpoints, list) and self.checkpoints[-1] > self.epoch_cap:
+            late = [e for e in self.checkpoints if e > self.epoch_cap]
+            cap = "max_epochs" if self.until_train_acc is not None else "epochs"
+            raise SingledirError(
+                f"checkpoints {', '.join(map(str, late))} lie after the last epoch ({cap} = {self.epoch_cap}); "
+                f"drop them or train longer"
+            )
+        from singledir.devices import check_device_name
+
+        self.device = check_device_name(self.device)
         self._check_names()
 
     def _resolve_engine(self) -> None:

@@ -30,6 +30,7 @@ Offers :func:`train_group` and :func:`group_key` (which configs may share a grou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -211,7 +212,7 @@ class _Member:
                 self.elapsed = float(state.get("elapsed", 0.0))
                 self.gen.set_state(state["rng_dropout"])
             except Exception as err:  # noqa: BLE001
-                raise GroupMemberError(self.index, f"cannot read {state_path}: {err}; start again with "
+                raise GroupMemberError(self.index, f"cannot read {state_path} ({rd.describe_error(err)}); start again with "
                                                    f"overwrite=True") from None
         elif self.cfg.checkpoints is not None:
             self.save_checkpoint(0)
@@ -435,17 +436,32 @@ def train_group(
     ``overwrite``, ``progress``, ``callbacks``: as :func:`singledir.training.train` (``callbacks`` get
     ``cb(epoch, metrics, model)`` per network and epoch, with ``metrics["run_dir"]`` naming the network).
     A network that cannot be set up raises :class:`GroupMemberError` (its ``index``) before any training.
+    Every network's run directory is written under its writer lease (:func:`.rundir.run_lock`), as with
+    :func:`singledir.training.train`: a live writer of any of them makes this raise ``LockedError``.
     """
     if len(configs) != len(out_dirs):
         raise SingledirError(f"train_group needs one out_dir per config ({len(configs)} configs, {len(out_dirs)} dirs)")
+    if len({str(Path(o).resolve()) for o in out_dirs}) != len(out_dirs):
+        raise SingledirError("train_group got the same out_dir twice; give every network its own")
+    with contextlib.ExitStack() as stack:
+        locks = [stack.enter_context(rd.run_lock(o)) for o in out_dirs]
+        checks = {str(Path(o)): lock.check for o, lock in zip(out_dirs, locks)}
+
+        def check_lease(epoch, metrics, model):  # the network that just finished an epoch still holds its lease
+            checks[str(metrics["run_dir"])]()
+
+        return _train_group(configs, out_dirs, resume=resume, overwrite=overwrite, progress=progress,
+                            callbacks=[*callbacks, check_lease])
+
+
+def _train_group(configs, out_dirs, *, resume=False, overwrite=False, progress=True, callbacks=()) -> list[rd.Run]:
+    """:func:`train_group` with the run directories' writer leases already held by the caller."""
     if not configs:
         return []
     flags = [bool(resume)] * len(configs) if isinstance(resume, bool) else [bool(r) for r in resume]
     if len(flags) != len(configs):
         raise SingledirError(f"resume needs one flag per config ({len(configs)}), got {len(flags)}")
     outs = [Path(o) for o in out_dirs]
-    if len({str(o.resolve()) for o in outs}) != len(outs):
-        raise SingledirError("train_group got the same out_dir twice; give every network its own")
     resolved = []
     for i, (c, o, r) in enumerate(zip(configs, outs, flags)):
         try:

@@ -165,7 +165,22 @@ def _set_postfix(bar, history: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------- train
-def train(
+def train(config, out_dir, *, overwrite: bool = False, resume: bool = False, progress: bool = True,
+          callbacks=()) -> rd.Run:
+    with rd.run_lock(out_dir) as lock:  # one writer per run directory (see _ONE_WRITER)
+        return _train(config, out_dir, overwrite=overwrite, resume=resume, progress=progress,
+                      callbacks=[*callbacks, lock.check])
+
+
+_ONE_WRITER = """
+    One writer per run directory: all of this happens under the directory's writer lease
+    (:func:`.rundir.run_lock`); a second writer gets a one-line LockedError naming the holder (host,
+    pid), and the lease is checked after every epoch (a writer whose lease was taken over stops,
+    leaving a resumable run).
+"""
+
+
+def _train(
     config: TrainConfig | dict | None,
     out_dir,
     *,
@@ -195,9 +210,9 @@ def train(
     callbacks = list(callbacks)
     cfg, stored = resolve_target(config, out, overwrite=overwrite, resume=resume)
     if cfg.engine == "stacked":  # MLPs: the stacked engine, a group of one (see singledir.training.grouped)
-        from singledir.training.grouped import train_group
+        from singledir.training.grouped import _train_group  # the caller (train) holds the run lock
 
-        return train_group([cfg], [out], resume=resume, overwrite=overwrite, progress=progress,
+        return _train_group([cfg], [out], resume=resume, overwrite=overwrite, progress=progress,
                            callbacks=callbacks)[0]
     trainer = _Trainer(cfg, out, progress, callbacks)
     return trainer.resume(stored) if stored is not None else trainer.fresh(overwrite)
@@ -233,6 +248,9 @@ def resolve_target(config, out: Path, *, overwrite: bool, resume: bool) -> tuple
     cfg = TrainConfig.coerce(config)
     _check_fresh_target(out, overwrite)
     return cfg, None
+
+
+train.__doc__ = _train.__doc__ + _ONE_WRITER
 
 
 class _Trainer:
@@ -325,7 +343,7 @@ class _Trainer:
                 self.model.load_state_dict(state["model"])
                 self.opt.load_state_dict(state["optimizer"])
             except Exception as err:  # noqa: BLE001
-                raise RunDirError(f"cannot read {state_path}: {err}; start again with overwrite=True") from None
+                raise RunDirError(f"cannot read {state_path} ({rd.describe_error(err)}); start again with overwrite=True") from None
             self.epoch = int(state["epoch"])
             self.elapsed = float(state.get("elapsed", 0.0))
             self.rng_state = state

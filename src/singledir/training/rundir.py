@@ -10,10 +10,15 @@ Layout of a run directory (``COMPLETE`` is written last; a run is complete only 
     state.pt                    resume state (model, optimizer, epoch, RNG); torch.load(weights_only=True)
     final.json                  final metrics, stopped_reason, wall time
     COMPLETE
+
+One writer per run directory: :func:`run_lock` (a lease beside the directory, ``.NAME.writer``) is held
+by every training, resume and overwrite; a second writer gets a one-line :class:`~singledir.errors.LockedError`
+naming the holder's host and pid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -29,7 +34,7 @@ from torch import nn
 
 from singledir.devices import model_device, resolve_device
 from singledir.errors import RunDirError, SingledirError
-from singledir.io import atomic_write_text
+from singledir.io import atomic_write_text, remove_temp_files
 
 CONFIG = "config.json"
 HISTORY = "history.csv"
@@ -109,10 +114,50 @@ def environment() -> dict:
     }
 
 
+def describe_error(err: BaseException) -> str:
+    """``"Kind: first line of the message"`` (at most 160 characters), for one-line errors about a file."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# ---------------------------------------------------------------------------- one writer
+@contextlib.contextmanager
+def run_lock(run_dir, *, wait: bool = False):
+    """Hold the run directory's writer lease while the block runs: one writer per run directory.
+
+    Every writer of a run directory takes it -- :func:`singledir.training.train` (fresh, ``resume``,
+    ``overwrite``) and any other trainer (grouped training) -- so a run's files always come from one
+    training. A live holder makes this raise :class:`~singledir.errors.LockedError`, one line naming its
+    host and pid (``wait=True``: wait for it instead); a dead holder's lease is taken over. Once held, the
+    leftovers of writers that were killed are removed: temporary files (``.state.pt.tmp<pid>``, ...) and
+    an empty ``checkpoints/`` without config.json. Yields the
+    :class:`~singledir.experiments.leases.Lease`; its ``check`` (usable as a training callback) raises once
+    the lease was lost to another worker. Works for a directory that does not exist yet (the lease
+    lives beside it: ``.NAME.writer``).
+    """
+    from singledir.experiments.leases import writer_lock
+
+    with writer_lock(run_dir, "run directory", wait=wait) as lease:
+        remove_temp_files(run_dir)
+        _remove_setup_leftovers(Path(run_dir))
+        yield lease
+
+
+def _remove_setup_leftovers(run_dir: Path) -> None:
+    """A writer killed between creating ``checkpoints/`` and writing config.json left only that empty folder."""
+    ckpt = run_dir / CKPT_DIR
+    if not (run_dir / CONFIG).exists() and ckpt.is_dir() and not ckpt.is_symlink() and not any(ckpt.iterdir()):
+        ckpt.rmdir()
+
+
 # ---------------------------------------------------------------------------- reading run dirs
 def read_config(run_dir: Path) -> dict:
     """The run's config.json; RunDirError when the directory is missing or not a run directory."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a run directory; pass a directory made by `singledir train`")
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist; train a run into it first")
     path = run_dir / CONFIG
@@ -167,6 +212,47 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+def _weight_shapes(path: Path) -> dict[str, tuple]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types
+        raise RunDirError(f"cannot read weights {path}: {err}; the run directory is damaged") from None
+
+
+def check_weights(run_dir, config: dict | None = None) -> None:
+    """Raise :class:`RunDirError` unless config.json's architecture fits the run's saved weights.
+
+    Compares the tensor names and shapes of the model that config.json describes with those of the
+    final weights (or, for an interrupted run, the newest checkpoint) -- a config.json edited or copied
+    from another run would otherwise describe weights it does not have. Nothing to compare (no weights
+    yet) passes.
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir) if config is None else config
+    path = run_dir / MODEL
+    if not path.is_file():
+        eps = saved_checkpoint_epochs(run_dir)
+        if not eps:
+            return
+        path = checkpoint_path(run_dir, eps[-1])
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation work
+            want = {k: tuple(v.shape) for k, v in build_from_config(config).state_dict().items()}
+    except (KeyError, TypeError, ValueError) as err:
+        raise RunDirError(f"{run_dir / CONFIG} does not describe a model ({err}); the run directory is damaged") from None
+    have = _weight_shapes(path)
+    bad = [f"{k}: config {want.get(k)} vs weights {have.get(k)}" for k in sorted(set(want) | set(have))
+           if want.get(k) != have.get(k)]
+    if bad:
+        raise RunDirError(
+            f"{run_dir / CONFIG} does not match the weights in {path.name} ({'; '.join(bad[:3])}"
+            f"{'; ...' if len(bad) > 3 else ''}); the run directory is damaged, train it again"
+        )
+
+
 # ---------------------------------------------------------------------------- Run
 class Run:
     """A training run: its config, model (eval mode), data with the run's labels, history.
@@ -196,6 +282,7 @@ class Run:
         checkpoint_epochs: list[int],
         final: dict | None = None,
         data=None,
+        data_dir=None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.config = config
@@ -208,12 +295,13 @@ class Run:
         self.checkpoint_epochs = checkpoint_epochs
         self.final = final or {}
         self._data = data
+        self.data_dir = data_dir
 
     @property
     def data(self):
         """The run's Dataset (same tensors, checked by fingerprint) with ``y_train`` = the run's labels."""
         if self._data is None:
-            self._data = load_run_data(self.config, self.train_labels)
+            self._data = load_run_data(self.config, self.train_labels, data_dir=self.data_dir)
         return self._data
 
     @property
@@ -233,12 +321,18 @@ class Run:
         )
 
 
-def load_run_data(config: dict, train_labels: torch.Tensor):
-    """Load the run's dataset again, check its fingerprint, and put the run's labels in ``y_train``."""
+def load_run_data(config: dict, train_labels: torch.Tensor, *, data_dir=None):
+    """Load the run's dataset again, check its fingerprint, and put the run's labels in ``y_train``.
+
+    ``data_dir``: where the data are now, when they moved since the run trained (default: the run's own
+    ``data_dir``, recorded as an absolute path, or the data module's search path).
+    """
     from singledir.training.config import TrainConfig
     from singledir.training.data import load_data
 
     cfg = TrainConfig.from_dict(config, strict=False)
+    if data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
     ds = load_data(cfg)
     want = config.get("data", {}).get("fingerprint")
     if want is not None and ds.fingerprint != want:
@@ -383,16 +477,19 @@ def read_history(run_dir: Path) -> pd.DataFrame:
         raise RunDirError(f"cannot read {path}: {err}; the run directory is damaged") from None
 
 
-def load_run(run_dir, epoch: int | None = None, *, device=None) -> Run:
+def load_run(run_dir, epoch: int | None = None, *, device=None, data_dir=None) -> Run:
     """Load a complete run made by ``singledir train``: model (eval mode) at ``epoch`` (None = final).
 
     A missing epoch raises :class:`RunDirError` listing the available ones; a missing or incomplete run
     directory raises :class:`RunDirError`. ``run.data`` is loaded (and checked against the run's data
     fingerprint) on first access. ``device``: where the model goes (default the CPU); the data stay on
-    the CPU (the measurements move each batch to the model's device).
+    the CPU (the measurements move each batch to the model's device). ``data_dir``: where the run's data
+    are now, if they moved (still checked against the fingerprint). The config and the weights are
+    checked to agree first (:func:`check_weights`).
     """
     run_dir = Path(run_dir)
     config = _require_complete(run_dir)
+    check_weights(run_dir, config)
     final = read_final(run_dir)
     final_epoch = final["epoch"]
     model = load_model(run_dir, epoch, config=config, device=device)
@@ -408,4 +505,5 @@ def load_run(run_dir, epoch: int | None = None, *, device=None) -> Run:
         epoch=final_epoch if epoch is None else epoch,
         checkpoint_epochs=_epochs_available(run_dir, final_epoch),
         final=final,
+        data_dir=data_dir,
     )
