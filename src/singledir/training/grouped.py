@@ -136,6 +136,7 @@ class _Member:
         self.gen = torch.Generator().manual_seed(derive_seed(cfg.seed, _GLOBAL))  # dropout
         self.history: list[dict] = []
         self.reason: str | None = None
+        self.check_lease: Callable[[], None] | None = None  # set by _train_group
 
     # -------------------------------------------------------------- weights in nn.Linear layout
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -445,17 +446,17 @@ def train_group(
         raise SingledirError("train_group got the same out_dir twice; give every network its own")
     with contextlib.ExitStack() as stack:
         locks = [stack.enter_context(rd.run_lock(o)) for o in out_dirs]
-        checks = {str(Path(o)): lock.check for o, lock in zip(out_dirs, locks)}
-
-        def check_lease(epoch, metrics, model):  # the network that just finished an epoch still holds its lease
-            checks[str(metrics["run_dir"])]()
-
         return _train_group(configs, out_dirs, resume=resume, overwrite=overwrite, progress=progress,
-                            callbacks=[*callbacks, check_lease])
+                            callbacks=callbacks, lease_checks=[lock.check for lock in locks])
 
 
-def _train_group(configs, out_dirs, *, resume=False, overwrite=False, progress=True, callbacks=()) -> list[rd.Run]:
-    """:func:`train_group` with the run directories' writer leases already held by the caller."""
+def _train_group(configs, out_dirs, *, resume=False, overwrite=False, progress=True, callbacks=(),
+                 lease_checks=None) -> list[rd.Run]:
+    """:func:`train_group` with the run directories' writer leases already held by the caller.
+
+    ``lease_checks``: one callable per network, called after each of its epochs is saved (raises once the
+    network's lease was lost); None when the caller checks its lease by a callback.
+    """
     if not configs:
         return []
     flags = [bool(resume)] * len(configs) if isinstance(resume, bool) else [bool(r) for r in resume]
@@ -485,6 +486,8 @@ def _train_group(configs, out_dirs, *, resume=False, overwrite=False, progress=T
     for mem, r in zip(members, flags):
         if not r:
             mem.start(overwrite)
+    for mem, check in zip(members, lease_checks or [None] * len(members)):
+        mem.check_lease = check
     return _Group(members, device, progress, list(callbacks)).run()
 
 
@@ -592,6 +595,8 @@ class _Group:
                     stack.unstack()
                     for mem in active:
                         mem.save_state()
+                        if mem.check_lease is not None:
+                            mem.check_lease()
                     bar.update(len(active))
                     _set_postfix(bar, active[0].history)
                     for cb in self.callbacks:
