@@ -40,8 +40,7 @@ class Context:
         """``fn(run_dir, **params)`` for each run, cached (see :meth:`Runner.analyze`).
 
         ``params``: one dict for all runs or one per run. The runner passes its device to every ``fn``
-        that takes one; the device is not part of the cache key (results on another device differ only
-        at float level).
+        that takes one; the device is part of the cache key (see :func:`.runner.analysis_key`).
         """
         return self.runner.analyze(fn, run_dirs, params, desc=f"{self.claim}: {desc}")
 
