@@ -178,6 +178,37 @@ def test_bad_jobs_is_a_usage_error(capsys, tmp_path):
     assert "--jobs must be a positive integer" in capsys.readouterr().err
 
 
+def test_a_claim_that_raises_is_an_error_with_its_traceback_and_exit_1(tmp_path, monkeypatch):
+    import importlib
+
+    def boom(ctx):
+        raise ZeroDivisionError("a bug in the claim")
+
+    monkeypatch.setattr(importlib.import_module(CLAIMS["ensemble"]), "run", boom)
+    out = tmp_path / "rep"
+    assert _reproduce(out, "ensemble") == 1
+    doc = _results(out)
+    claim = doc["claims"]["ensemble"]
+    assert claim["verdict"] == verdicts.ERROR == "error" and doc["summary"][0]["verdict"] == "error"
+    assert claim["verdict"] not in verdicts.VERDICTS
+    assert doc["errors"] and "ZeroDivisionError" in doc["errors"][0]
+    page = (out / "index.html").read_text()
+    assert "Traceback (most recent call last)" in page and "a bug in the claim" in page
+    assert "Traceback (most recent call last)" in (out / "report.md").read_text()
+
+
+def test_a_claim_that_does_not_apply_is_skipped_not_inconclusive(tmp_path):
+    import importlib
+
+    from singledir.experiments.context import Context
+
+    ctx = Context("batchnorm", "smoke", {"skip": "the ConvNets of this claim need image inputs"}, None,
+                  tmp_path, progress=False)
+    result = importlib.import_module(CLAIMS["batchnorm"]).run(ctx)
+    assert result.verdict == verdicts.SKIPPED == "skipped"
+    assert "image inputs" in result.reason
+
+
 def test_run_names_are_deterministic_and_complete():
     a = dict(dataset="digits", model="mlp", width=32, epochs=3)
     assert run_name(a) == run_name(dict(a, lr=1e-3))  # defaults filled in before hashing

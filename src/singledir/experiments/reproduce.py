@@ -5,8 +5,9 @@ networks (cached under ``REPORT_DIR/runs``), analyse them (cached per run), comp
 verdict, draw its figures -> write ``index.html``, ``report.md`` and ``results.json`` (after every
 claim, so an interrupted reproduction still leaves a report of what finished).
 
-A claim that fails with a bug does not stop the others: it is reported with its error and the verdict
-``inconclusive``, and :func:`reproduce` reports it in ``doc["errors"]`` (the CLI then exits 1). User
+A claim that fails with a bug does not stop the others: it is reported with the outcome ``error`` (never a
+verdict) and its traceback, and :func:`reproduce` lists it in ``doc["errors"]`` (the CLI then exits 1). A
+claim that does not apply to the settings returns the outcome ``skipped`` with its reason. User
 errors (:class:`SingledirError`, e.g. missing data) stop the job with their one-line message.
 """
 
@@ -76,8 +77,9 @@ def _check_data(settings: dict, data_dir) -> list[str]:
 def _error_result(name: str, settings: dict, err: BaseException, ctx: Context) -> ClaimResult:
     module = importlib.import_module(CLAIMS[name])
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    return ClaimResult(name, module.TITLE, module.STATEMENT, module.RULE, verdicts.INCONCLUSIVE,
-                       f"the experiment failed: {type(err).__name__}: {err}", "failed", [], settings, ctx.figures,
+    return ClaimResult(name, module.TITLE, module.STATEMENT, module.RULE, verdicts.ERROR,
+                       f"the experiment raised {type(err).__name__}: {err} (traceback below)", "error", [], settings,
+                       ctx.figures,
                        notes=[tb], runs=ctx.runs, error=f"{type(err).__name__}: {err}")
 
 

@@ -10,6 +10,9 @@ Every verdict in the report comes from one of the rules below, declared here bef
 - :func:`combine` -- a claim made of several parts: ``reproduced`` when every part is; ``not reproduced``
   when any part is; ``inconclusive`` otherwise.
 - :data:`REPRODUCED`, :data:`NOT_REPRODUCED`, :data:`INCONCLUSIVE`, :data:`VERDICTS`, :data:`ALPHA`.
+- Two outcomes that are not verdicts on the claim: :data:`ERROR` (the claim's code raised; the report shows
+  the traceback and ``singledir reproduce`` exits 1) and :data:`SKIPPED` (the claim does not apply to
+  these settings, e.g. a ConvNet claim on a 1-d dataset; the reason is printed). :data:`OUTCOMES` is all five.
 
 Example::
 
@@ -27,10 +30,13 @@ import numpy as np
 
 from singledir.stats import ALPHA
 
-__all__ = ["ALPHA", "INCONCLUSIVE", "NOT_REPRODUCED", "REPRODUCED", "VERDICTS", "combine", "sign_verdict"]
+__all__ = ["ALPHA", "ERROR", "INCONCLUSIVE", "NOT_REPRODUCED", "OUTCOMES", "REPRODUCED", "SKIPPED", "VERDICTS",
+           "combine", "sign_verdict"]
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+ERROR, SKIPPED = "error", "skipped"
+OUTCOMES = (*VERDICTS, ERROR, SKIPPED)
 
 
 def defined(v) -> bool:

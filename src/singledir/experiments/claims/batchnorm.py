@@ -54,7 +54,7 @@ def network_rule(with_bn, without, sign: int, *, fit: bool = True) -> tuple[str,
 def run(ctx: Context) -> ClaimResult:
     s = ctx.settings
     if s.get("skip"):
-        return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdicts.INCONCLUSIVE, f"not run: {s['skip']}", "not run",
+        return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdicts.SKIPPED, f"not run: {s['skip']}", "skipped",
                            [], s, [], notes=[s["skip"]])
 
     # ---- the same ConvNets with and without batch norm
