@@ -141,16 +141,16 @@ def unit_counts(model: nn.Module, input_shape=None) -> dict[str, int]:
         )
         for n in names
     ]
-    was_training = model.training
+    from singledir.reliance.hooks import model_guard
+
     try:
-        model.eval()
-        param = next(model.parameters(), None)
-        dtype = param.dtype if param is not None else torch.float32
-        model(torch.zeros((1, *check_input_shape(input_shape)), device=model_device(model), dtype=dtype))
+        with model_guard(model), torch.no_grad():  # every submodule's training flag restored
+            param = next(model.parameters(), None)
+            dtype = param.dtype if param is not None else torch.float32
+            model(torch.zeros((1, *check_input_shape(input_shape)), device=model_device(model), dtype=dtype))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return {n: counts[n] for n in names}
 
 
