@@ -76,7 +76,7 @@ def check_report_structure(smoke):
     for name, claim in doc["claims"].items():
         start = page.index(f"<section class='claim' id='{name}'>")
         section = page[start:page.index("</section>", start)]
-        assert f">{claim['verdict']}</span>" in section and "Rule (declared before the results)" in section
+        assert f">{claim['verdict']}</span>" in section and "Rule (fixed in the code before this run)" in section
     md = (smoke / "report.md").read_text()
     assert "## Summary" in md and all(f"## {name}:" in md for name in CLAIMS)
     assert "figures/label-corruption-mlp-ablation.png" in md
@@ -273,3 +273,23 @@ def test_device_reaches_the_per_run_jobs_and_is_checked_first(tmp_path, monkeypa
 
 def _record_device(run_dir, *, tag, device="not given"):
     return {"device": pd.DataFrame({"device": [device]})}
+
+
+def test_report_opening_defines_every_rule_kind_the_claims_use_and_rules_carry_no_history():
+    import importlib
+
+    from singledir.reporting.report import render_html, render_markdown
+
+    for name, mod in CLAIMS.items():
+        rule = importlib.import_module(mod).RULE
+        assert "Changed after" not in rule and "changed after" not in rule, name  # history is kept apart
+    claim = {"title": "t", "statement": "s", "rule": "r", "rule_history": "Changed after a run X.",
+             "verdict": "not reproduced", "reason": "why", "parts": [], "figures": []}
+    doc = {"preset": "smoke", "claims": {"ensemble": claim}, "summary": []}
+    page, md = render_html(Path("."), doc), render_markdown(doc)
+    for text in (page, md):
+        assert "excludes every rho of at least 0.3" in text  # not reproduced by the equivalence bound
+        assert "inside (-0.3, 0.3)" in text  # the no-effect claims
+        assert "significant the other way" in text
+        assert "Rule history" in text and "Changed after a run X." in text
+        assert "declared before the results" not in text

@@ -166,6 +166,7 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
             except Exception as err:  # noqa: BLE001 - a bug in one claim must not lose the others
                 result = _error_result(name, settings[name], err, ctx)
                 errors.append(f"{name}: {result.error}")
+            result.rule_history = getattr(importlib.import_module(CLAIMS[name]), "RULE_HISTORY", None)
             result.wall_seconds = t()
             result.cpu_seconds = time.process_time() - cpu0 + runner.worker_cpu_seconds - wcpu0
             results.append(result)

@@ -31,12 +31,36 @@ import numpy as np
 from singledir.stats import ALPHA
 
 __all__ = ["ALPHA", "ERROR", "INCONCLUSIVE", "NOT_REPRODUCED", "OUTCOMES", "REPRODUCED", "SKIPPED", "VERDICTS",
-           "combine", "sign_verdict"]
+           "RULES_SUMMARY", "combine", "sign_verdict"]
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 ERROR, SKIPPED = "error", "skipped"
 OUTCOMES = (*VERDICTS, ERROR, SKIPPED)
+
+# What the report's opening says the words mean: every kind of rule the claims use, in their words. Each
+# claim prints its own rule in full; this is the summary a reader sees first.
+RULES_SUMMARY = (
+    "Every verdict follows the rule printed with its claim, fixed in the code before this run (where "
+    "earlier runs changed a rule, that history is printed under it). The rules are of five kinds. "
+    "(1) A rank correlation claimed in one direction (ensemble, hyperparameters, over training, ConvNet "
+    "early-layer selectivity), with its 95% interval and a smallest effect of interest |rho| = 0.3: "
+    "reproduced when the interval lies on the paper's side of 0 and p < 0.05; not reproduced when the "
+    "interval excludes every rho of at least 0.3 in the paper's direction (a decisive null, or an effect "
+    "the other way); inconclusive otherwise. (2) A group comparison (Mann-Whitney U, two-sided; batch "
+    "norm, dropout): reproduced when in the paper's direction with p < 0.05, not reproduced when "
+    "significant the other way, inconclusive otherwise. (3) A claim of no effect (selectivity and mutual "
+    "information vs importance): reproduced when the 95% interval of rho lies inside (-0.3, 0.3), not "
+    "reproduced when it lies entirely outside, inconclusive otherwise. (4) A fall with label corruption: "
+    "reproduced on a monotone (isotonic) trend test with p < 0.05; not reproduced when the trend is "
+    "significantly the other way or the interval of rho excludes every decrease of at least 0.3. "
+    "(5) Non-inferiority (early stopping at the peak of the ablation curve's area): reproduced when the "
+    "95% interval of the test accuracy lost lies above -0.01, not reproduced when it lies below, "
+    "inconclusive otherwise. A claim of several parts is reproduced when every part is and not reproduced "
+    "when any part is; networks that miss their training target make a part inconclusive. Two outcomes "
+    "are not verdicts: error (the claim's code raised; its traceback is shown, and the command exits 1) "
+    "and skipped (the claim does not apply to these settings; the reason is shown)."
+)
 
 
 def defined(v) -> bool:

@@ -17,6 +17,7 @@ import json
 import math
 from pathlib import Path
 
+from singledir.experiments.verdicts import RULES_SUMMARY
 from singledir.io import atomic_write_json, atomic_write_text
 
 VERDICT_COLORS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#9a6700",
@@ -146,9 +147,7 @@ def render_html(out: Path, doc: dict) -> str:
     h = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
          f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
          "<p>On the importance of single directions for generalization (Morcos, Barrett, Rabinowitz, Botvinick, "
-         "ICLR 2018). Every verdict below follows a rule stated before the results (its text is shown with "
-         "each claim): <em>reproduced</em> when the statistic has the paper's sign and p &lt; 0.05, "
-         "<em>not reproduced</em> when it is significant the other way, <em>inconclusive</em> otherwise.</p>",
+         f"ICLR 2018). {html.escape(RULES_SUMMARY)}</p>",
          "<table class='meta'>",
          f"<tr><td>command</td><td><code>{html.escape(str(doc.get('command') or ''))}</code></td></tr>",
          f"<tr><td>started</td><td>{html.escape(str(doc.get('started')))}; total wall time "
@@ -177,7 +176,9 @@ def render_html(out: Path, doc: dict) -> str:
         h.append(f"<h2>{html.escape(name)}: {html.escape(c['title'])}</h2>")
         h.append(f"<p><strong>Verdict:</strong> {_badge(c['verdict'])} {html.escape(c['reason'])}</p>")
         h.append(f"<p><strong>Paper's claim.</strong></p><blockquote>{html.escape(c['statement'])}</blockquote>")
-        h.append(f"<p><strong>Rule (declared before the results).</strong> {html.escape(c['rule'])}</p>")
+        h.append(f"<p><strong>Rule (fixed in the code before this run).</strong> {html.escape(c['rule'])}</p>")
+        if c.get("rule_history"):
+            h.append(f"<p><strong>Rule history.</strong> {html.escape(c['rule_history'])}</p>")
         for f in c.get("figures", []):
             data = _png_data(out, f["png"])
             img = f"<img src='{data}' alt='{html.escape(f['name'])}'>" if data else "<em>(figure missing)</em>"
@@ -206,9 +207,7 @@ def render_html(out: Path, doc: dict) -> str:
 # ---------------------------------------------------------------------------- Markdown
 def render_markdown(doc: dict) -> str:
     m = [f"# singledir: reproducing Morcos et al. 2018 (preset {doc.get('preset')})", "",
-         "On the importance of single directions for generalization (ICLR 2018). Verdicts follow rules stated "
-         "before the results: *reproduced* = the paper's sign and p < 0.05; *not reproduced* = significant the "
-         "other way; *inconclusive* otherwise.", "",
+         f"On the importance of single directions for generalization (ICLR 2018). {RULES_SUMMARY}", "",
          f"- command: `{doc.get('command') or ''}`",
          f"- started {doc.get('started')}; total wall time {_minutes(doc.get('wall_seconds'))} "
          f"(CPU time of all processes: {_minutes(doc.get('cpu_seconds'))})"
@@ -224,7 +223,9 @@ def render_markdown(doc: dict) -> str:
         m += ["", "**Errors:**", ""] + [f"- {e}" for e in doc["errors"]]
     for name, c in doc.get("claims", {}).items():
         m += ["", f'<a id="{name}"></a>', f"## {name}: {c['title']}", "", f"**Verdict: {c['verdict']}** -- {c['reason']}",
-              "", f"> {c['statement']}", "", f"**Rule (declared before the results).** {c['rule']}", ""]
+              "", f"> {c['statement']}", "", f"**Rule (fixed in the code before this run).** {c['rule']}", ""]
+        if c.get("rule_history"):
+            m += [f"**Rule history.** {c['rule_history']}", ""]
         for f in c.get("figures", []):
             m += [f"![{f['name']}]({f['png']})", "", f"*{f['caption']}*", ""]
         m += ["### Statistics", "", _md_table(_parts_records(c))]

@@ -36,9 +36,11 @@ RULE = (
     "if in the claimed direction and p < 0.05, not reproduced if opposite and p < 0.05, else inconclusive "
     "(the smallest p possible with these group sizes is shown). The claim is reproduced when all three "
     "parts are, not reproduced when any is. Shown, not in the verdict: selectivity per depth, and the "
-    "pooled unit-level tests (feature maps of one network are not independent). Changed after a run where "
-    "the pooled unit-level tests were in the verdict and the 40-epoch cap stopped every network without "
-    "batch norm before the target."
+    "pooled unit-level tests (feature maps of one network are not independent)."
+)
+RULE_HISTORY = (
+    "Changed after a run where the pooled unit-level tests were in the verdict and the 40-epoch cap stopped "
+    "every network without batch norm before the target."
 )
 
 

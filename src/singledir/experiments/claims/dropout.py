@@ -26,7 +26,7 @@ STATEMENT = (
     "so dropout regularizes reliance on single directions only up to a point (Morcos et al. 2018, Fig. 5a)."
 )
 RULE = (
-    "Declared before any result. For each dropout fraction d > 0, using the networks trained on fully "
+    "For each dropout fraction d > 0, using the networks trained on fully "
     "corrupted labels (p = 1) and their ablation curves on their own training labels, per random order: "
     "retained(d) = accuracy at fraction d / accuracy at 0; knee(d) = [accuracy(d) - accuracy(min(2d, 1))] "
     "- [accuracy(0) - accuracy(d)], divided by accuracy(0) (accuracy lost just past d minus lost up to d). "
@@ -38,8 +38,11 @@ RULE = (
     "replicates within one network per setting and seed, so the p-values speak for these networks. All "
     "memorizing networks must reach their training-accuracy target, otherwise inconclusive. The claim is "
     "reproduced when every part is, not reproduced when any is. Clean-label networks are shown for "
-    "reference. Changed after a run showed the former part (loss in [d, 2d] > loss in [0, d] within one "
-    "network) held for every curve, clean and no-dropout included, so it could not fail."
+    "reference."
+)
+RULE_HISTORY = (
+    "Changed after a run showed the former part (loss in [d, 2d] > loss in [0, d] within one network) held "
+    "for every curve, clean and no-dropout included, so it could not fail."
 )
 
 

@@ -35,8 +35,11 @@ RULE = (
     f"by Fisher z with the Bonett-Wright variance), smallest effect of interest {BOUND}. Reproduced if "
     f"the interval lies above 0 and p < 0.05; not reproduced (checked first) if its upper end is below {BOUND}; else "
     "inconclusive. The plain rho with nAUC and with raw AUC, and rho(nAUC, train accuracy), are shown but "
-    "do not enter the verdict. Changed after a run where every network trained a fixed 10 epochs and "
-    "rho(nAUC, train accuracy) = 0.77 confounded the plain correlation."
+    "do not enter the verdict."
+)
+RULE_HISTORY = (
+    "Changed after a run where every network trained a fixed 10 epochs and rho(nAUC, train accuracy) = 0.77 "
+    "confounded the plain correlation."
 )
 
 

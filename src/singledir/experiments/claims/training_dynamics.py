@@ -39,8 +39,10 @@ RULE = (
     f"-{MARGIN} (stopping at the nAUC peak loses less than {MARGIN:g} test accuracy: non-inferior), not "
     f"reproduced if its upper end is below -{MARGIN}, else inconclusive. The claim is reproduced when every "
     "part is, not reproduced when any is. Shown, not in the verdict: the raw AUC (it includes the rising "
-    "training accuracy), and stopping at the nAUC peak vs training to the last epoch (paired t). This rule "
-    "changed after a run showed the raw AUC tracking training accuracy: the verdict used the raw AUC "
+    "training accuracy), and stopping at the nAUC peak vs training to the last epoch (paired t)."
+)
+RULE_HISTORY = (
+    "Changed after a run showed the raw AUC tracking training accuracy: the verdict used the raw AUC "
     "before; the ensemble and grid claims already used the normalized AUC."
 )
 
