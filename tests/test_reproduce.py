@@ -57,6 +57,24 @@ def check_report_structure(smoke):
         assert key in doc, key
     assert doc["complete"] and doc["preset"] == "smoke" and doc["errors"] == []
     assert doc["code"]["singledir"] and "torch" in doc["machine"]
+    # every interval names its method, and the header lists the methods that appear
+    missing = []
+
+    def walk(obj, where):
+        if isinstance(obj, dict):
+            if "ci_low" in obj and "ci_method" not in obj:
+                missing.append(where)
+            for k, v in obj.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+
+    walk(doc["claims"], "claims")
+    assert not missing, missing[:5]
+    assert "Fisher z" in doc["statistics"]["interval_methods"]
+    assert "percentile bootstrap" in doc["statistics"]["interval_methods"]
+    assert "interval methods" in (smoke / "index.html").read_text()
     assert [s["claim"] for s in doc["summary"]] == list(CLAIMS)
     for name, claim in doc["claims"].items():
         assert claim["verdict"] in VERDICTS, name

@@ -144,7 +144,8 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
         "settings": {c: settings[c] for c in claims},
         "code": code_version(),
         "statistics": {"p_value_rule": stats.P_VALUE_RULE,
-                       "intervals": f"{stats.CONFIDENCE:.0%} percentile bootstrap, {stats.N_BOOT} seeded resamples",
+                       "intervals": f"{stats.CONFIDENCE:.0%} central; each records its method as ci_method beside "
+                                    "it (methods used: see interval methods)",
                        "alpha": stats.ALPHA},
         "machine": machine(device, jobs),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -181,6 +182,21 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
     return doc
 
 
+def interval_methods(obj, counts: dict | None = None) -> dict[str, int]:
+    """``{ci_method: how many intervals use it}`` over every dict nested in ``obj`` (the report's header)."""
+    counts = {} if counts is None else counts
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k.endswith("ci_method") and isinstance(v, str):
+                counts[v] = counts.get(v, 0) + 1
+            else:
+                interval_methods(v, counts)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            interval_methods(v, counts)
+    return counts
+
+
 def _finish(doc: dict, results: list[ClaimResult], errors: list[str], out: Path, wall: float, runner) -> None:
     names = [r for res in results for r in res.runs]
     runs, data = _runs_info(out / "runs", names)
@@ -198,6 +214,8 @@ def _finish(doc: dict, results: list[ClaimResult], errors: list[str], out: Path,
                "analyses": runner.analyses, "backend": runner.backend_name},
         errors=errors,
     )))
+    methods = interval_methods(doc["claims"])
+    doc["statistics"]["interval_methods"] = "; ".join(f"{m} ({n})" for m, n in sorted(methods.items())) or "none"
 
 
 __all__ = ["reproduce", "check_claims", "run_name"]

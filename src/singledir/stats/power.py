@@ -50,6 +50,7 @@ from scipy import stats as st
 ALPHA = 0.05
 POWER = 0.80
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+FISHER_Z = "Fisher z, Bonett-Wright variance"  # the ci_method of every Spearman interval made here
 
 
 def _z(p: float) -> float:
@@ -58,6 +59,12 @@ def _z(p: float) -> float:
 
 def _ok(*vals) -> bool:
     return all(v is not None and math.isfinite(float(v)) for v in vals)
+
+
+def _interval_note(lo, hi, *, effect=None) -> str:
+    from singledir.stats import interval_note
+
+    return interval_note(lo, hi, effect=effect)
 
 
 # ---------------------------------------------------------------------------- Spearman
@@ -177,7 +184,7 @@ def partial_spearman(x, y, z) -> dict:
     x, y, z = x[ok], y[ok], z[ok]
     n = len(x)
     out = {"test": "partial spearman", "n": n, "rho": None, "p": None, "ci_low": None, "ci_high": None,
-           "ci_method": "Fisher z, Bonett-Wright variance"}
+           "ci_method": FISHER_Z + ", one controlled variable", "ci_note": ""}
     if n < 5 or min(np.ptp(x), np.ptp(y)) == 0:
         return out
     if np.ptp(z) == 0:  # nothing to control for: the plain rank correlation
@@ -193,7 +200,7 @@ def partial_spearman(x, y, z) -> dict:
     t = r * math.sqrt(df / max(1 - r * r, 1e-300))
     p = float(2 * st.t.sf(abs(t), df))
     lo, hi = spearman_ci(r, n, k=1)
-    out.update(rho=r, p=p, ci_low=lo, ci_high=hi)
+    out.update(rho=r, p=p, ci_low=lo, ci_high=hi, ci_note=_interval_note(lo, hi, effect=r))
     return out
 
 
@@ -285,7 +292,7 @@ def pooled_rank_correlation(x, y, groups) -> dict:
         used += 1
     n = int(sum(len(v) for v in zx))
     out = {"test": "pooled within-group Spearman", "n": n, "groups": used, "rho": None, "p": None,
-           "ci_low": None, "ci_high": None, "ci_method": "Fisher z, Bonett-Wright variance"}
+           "ci_low": None, "ci_high": None, "ci_method": FISHER_Z + ", one df per group mean", "ci_note": ""}
     if used == 0 or n - 3 - (used - 1) <= 0:
         return out
     a, b = np.concatenate(zx), np.concatenate(zy)
@@ -294,7 +301,7 @@ def pooled_rank_correlation(x, y, groups) -> dict:
     se = spearman_se(r, n, k)
     p = float(2 * st.norm.sf(abs(math.atanh(np.clip(r, -0.999999, 0.999999))) / se))
     lo, hi = spearman_ci(r, n, k=k)
-    out.update(rho=r, p=p, ci_low=lo, ci_high=hi, k=k)
+    out.update(rho=r, p=p, ci_low=lo, ci_high=hi, k=k, ci_note=_interval_note(lo, hi, effect=r))
     return out
 
 
@@ -348,6 +355,8 @@ def mann_whitney_with_power(a, b) -> dict:
 
     r = stats.mann_whitney(a, b)
     r["ci_low"], r["ci_high"] = rank_biserial_ci(a, b)
+    r["ci_method"] = "percentile bootstrap, 2000 resamples of each group (rank-biserial)"
+    r["ci_note"] = _interval_note(r["ci_low"], r["ci_high"])
     r["min_p"] = mann_whitney_min_p(r["n_a"], r["n_b"]) if r["n_a"] and r["n_b"] else None
     r["mde_80_rank_biserial"] = mann_whitney_mde(r["n_a"], r["n_b"])
     if _ok(r.get("effect")) and r["effect"]:
@@ -359,8 +368,10 @@ def fmt_mann_whitney(r: dict) -> str:
     """``Mann-Whitney p = 0.029 (smallest possible 0.029), rank-biserial 1.00 [1.00, 1.00], n = 4 vs 4; ...``."""
     from singledir.reporting.formatting import fmt_p
 
+    from singledir.reporting.formatting import fmt_ci
+
     eff = "n/a" if not _ok(r.get("effect")) else f"{r['effect']:.2f}"
-    ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if _ok(r.get("ci_low"), r.get("ci_high")) else ""
+    ci = f" {fmt_ci(r)}" if _ok(r.get("ci_low"), r.get("ci_high")) else ""
     mde = r.get("mde_80_rank_biserial")
     return (f"Mann-Whitney p = {fmt_p(r.get('p'))} (smallest possible {fmt_p(r.get('min_p'))}), "
             f"rank-biserial {eff}{ci}, n = {r['n_a']} vs {r['n_b']}; "
@@ -413,12 +424,14 @@ def paired_ci(a, b, *, level: float = 0.95) -> dict:
     d = d[np.isfinite(d)]
     n = len(d)
     out = {"test": "paired t", "n": n, "mean_diff": float(d.mean()) if n else None, "ci_low": None,
-           "ci_high": None, "p": None, "dz": None}
+           "ci_high": None, "ci_method": "t interval of the mean paired difference", "ci_note": "", "p": None,
+           "dz": None}
     if n < 2:
         return out
     sd = float(d.std(ddof=1))
-    if sd == 0:
-        out.update(ci_low=out["mean_diff"], ci_high=out["mean_diff"], p=0.0 if out["mean_diff"] else 1.0)
+    if sd == 0:  # no spread: no t interval exists (kept as undefined, never as the point [d, d])
+        out.update(p=0.0 if out["mean_diff"] else 1.0,
+                   ci_note=f"all {n} paired differences are equal ({out['mean_diff']:+.4g}): no t interval")
         return out
     half = st.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     t = out["mean_diff"] / (sd / math.sqrt(n))
@@ -481,8 +494,8 @@ def spearman_power(rho, n: int, *, bound: float, sign: int | None = 1, k: int = 
     as the truth), or None for an equivalence part (:func:`equivalence_n_for`).
     """
     lo, hi = spearman_ci(rho, n, k=k) if _ok(rho) else (None, None)
-    out = {"n": n, "effect": rho, "effect_name": "rho", "ci_low": lo, "ci_high": hi,
-           "ci_method": "Fisher z, Bonett-Wright variance", "mde_80": spearman_mde(n, k=k), "sesoi": bound}
+    out = {"n": n, "effect": rho, "effect_name": "rho", "ci_low": lo, "ci_high": hi, "ci_method": FISHER_Z,
+           "ci_note": _interval_note(lo, hi, effect=rho), "mde_80": spearman_mde(n, k=k), "sesoi": bound}
     if _ok(rho):
         r = float(np.clip(rho, -0.999, 0.999))
         out["n_to_decide"] = equivalence_n_for(bound, r, k=k) if sign is None else directional_n_for(sign * r, bound, k=k)
@@ -496,17 +509,21 @@ def spearman_with_power(x, y, *, bound: float, sign: int | None = 1) -> dict:
 
     c = stats.spearman(x, y)
     c["boot_ci_low"], c["boot_ci_high"] = c["ci_low"], c["ci_high"]
+    c["boot_ci_method"], c["boot_ci_note"] = c["ci_method"], c["ci_note"]
     c["ci_low"], c["ci_high"] = spearman_ci(c["rho"], c["n"]) if _ok(c["rho"]) else (None, None)
-    c["ci_method"] = "Fisher z, Bonett-Wright variance"
+    c["ci_method"] = FISHER_Z
+    c["ci_note"] = _interval_note(c["ci_low"], c["ci_high"], effect=c["rho"])
     c["power"] = spearman_power(c["rho"], c["n"], bound=bound, sign=sign)
     return c
 
 
 def fmt_power(pw: dict, *, effect: bool = False) -> str:
     """One line: ``n = 12; detects |rho| >= 0.73 at 80% power; decided at n ~ 30`` (``effect``: with rho and CI)."""
+    from singledir.reporting.formatting import fmt_ci
+
     bits = [f"n = {pw.get('n')}"]
     if effect and _ok(pw.get("effect")):
-        ci = f" [{pw['ci_low']:.2f}, {pw['ci_high']:.2f}]" if _ok(pw.get("ci_low"), pw.get("ci_high")) else ""
+        ci = f" {fmt_ci(pw)}" if _ok(pw.get("ci_low"), pw.get("ci_high")) else ""
         bits.append(f"{pw.get('effect_name', 'effect')} = {pw['effect']:.2f}{ci}")
     name = pw.get("effect_name", "effect")
     if pw.get("mde_80") is not None:

@@ -12,7 +12,7 @@ import pandas as pd
 from singledir import stats
 from singledir.experiments import jobs, verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_corr, fmt_p
+from singledir.reporting.formatting import fmt_ci, fmt_corr, fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_scatter
 
@@ -70,7 +70,7 @@ def negative_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, dict
 def _pooled_text(c: dict, what: str) -> str:
     if not verdicts.defined(c["rho"]):
         return f"pooled within-layer rho({what}, importance) undefined (n={c['n']})"
-    return (f"pooled within-layer rho({what}, importance) = {c['rho']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}], "
+    return (f"pooled within-layer rho({what}, importance) = {c['rho']:.2f} {fmt_ci(c)}, "
             f"{c['groups']} layers, p = {fmt_p(c['p'])}; "
             f"{power.fmt_power(c['power'])}")
 
@@ -107,7 +107,8 @@ def run(ctx: Context) -> ClaimResult:
                 c = stats.spearman(g[measure], g["accuracy_drop"])
                 rows.append({"network": kind, "layer": layer, "depth": int(g["depth"].iloc[0]), "measure": measure,
                              "n_units": c["n"], "late": bool(len(units[units["layer"] == layer]) >= min_units),
-                             "rho": c["rho"], "p": c["p"], "ci_low": c["ci_low"], "ci_high": c["ci_high"]})
+                             "rho": c["rho"], "p": c["p"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                             "ci_method": c["ci_method"], "ci_note": c["ci_note"]})
     units = pd.concat(frames)
     table = pd.DataFrame(rows)
 
@@ -133,7 +134,6 @@ def run(ctx: Context) -> ClaimResult:
 
     verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     n_in = [p for p in parts if p.in_verdict]
-    key = "; ".join(f"{p.name}: rho {_f2(p.numbers.get('rho'))} [{_f2(p.numbers.get('ci_low'))}, "
-                    f"{_f2(p.numbers.get('ci_high'))}]" for p in n_in)
+    key = "; ".join(f"{p.name}: rho {_f2(p.numbers.get('rho'))} {fmt_ci(p.numbers)}" for p in n_in)
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, s, ctx.figures,
                        {"per layer": table, "selectivity by depth": depth}, {}, [], runs=ctx.runs)
