@@ -152,7 +152,7 @@ def test_every_interval_records_its_method_and_degenerate_ones_say_why():
     assert fmt_ci(mw).startswith("[interval undefined")
     assert "1.00 [1.00" not in power.fmt_mann_whitney(mw)
     d = power.paired_ci([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])  # every difference 0.1: no t interval
-    assert d["ci_note"] and d["ci_low"] is None and d["ci_method"].startswith("t interval")
+    assert d["ci_note"] and math.isnan(d["ci_low"]) and d["ci_method"].startswith("t interval")
     ok = stats.spearman([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11])
     assert ok["ci_method"].startswith("percentile bootstrap") and ok["ci_note"] == ""
     assert fmt_ci(ok).startswith("[0.")
@@ -167,3 +167,14 @@ def test_mean_std_ci_uses_one_rule_for_undefined_values():
     assert r["ci_low"] <= 2.0 <= r["ci_high"] and "1 of 4" in r["note"] and r["ci_method"]
     same = stats.mean_std_ci([0.5, 0.5, 0.5])
     assert same["ci_note"]  # zero width: printed as undefined
+
+
+def test_undefined_is_nan_in_power_results_as_in_stats():
+    from singledir.stats import power
+
+    for r in (power.partial_spearman([1, 2], [1, 2], [1, 2]), power.paired_ci([1.0], [2.0]),
+              power.pooled_rank_correlation([1, 2], [1, 2], [0, 0]), power.isotonic_trend([1, 1], [1, 2])):
+        for k in ("rho", "p", "ci_low", "ci_high", "e2", "dz"):
+            if k in r:
+                assert r[k] is not None and math.isnan(r[k]), (r["test"], k)
+    assert all(math.isnan(v) for v in power.spearman_ci(float("nan"), 10))

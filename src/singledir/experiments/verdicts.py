@@ -7,6 +7,9 @@ Every verdict in the report comes from one of the rules below, declared here bef
   the claimed sign and ``p < ALPHA``; ``not reproduced`` when it has the opposite sign and ``p < ALPHA``;
   ``inconclusive`` otherwise (not significant, fewer than ``min_n`` observations, an undefined statistic,
   or a training target that was not reached).
+- :func:`directional_verdict` -- the three-outcome rule for a directional effect with a 95% interval and
+  a smallest effect of interest; :func:`equivalence_verdict` -- the TOST-style rule for "no effect":
+  reproduced when the interval lies inside ``(-bound, bound)``.
 - :func:`combine` -- a claim made of several parts: ``reproduced`` when every part is; ``not reproduced``
   when any part is; ``inconclusive`` otherwise.
 - :data:`REPRODUCED`, :data:`NOT_REPRODUCED`, :data:`INCONCLUSIVE`, :data:`VERDICTS`, :data:`ALPHA`.
@@ -31,7 +34,7 @@ import numpy as np
 from singledir.stats import ALPHA
 
 __all__ = ["ALPHA", "ERROR", "INCONCLUSIVE", "NOT_REPRODUCED", "OUTCOMES", "REPRODUCED", "SKIPPED", "VERDICTS",
-           "RULES_SUMMARY", "combine", "sign_verdict"]
+           "RULES_SUMMARY", "combine", "directional_verdict", "equivalence_verdict", "sign_verdict"]
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
@@ -63,9 +66,9 @@ RULES_SUMMARY = (
 )
 
 
-def defined(v) -> bool:
-    """True for a finite number (an undefined statistic is NaN or None)."""
-    return v is not None and math.isfinite(float(v))
+def defined(*vals) -> bool:
+    """True when every value is a finite number (an undefined statistic is NaN or None)."""
+    return all(v is not None and math.isfinite(float(v)) for v in vals)
 
 
 def sign_verdict(stat, p, expected_sign: int, *, n: int | None = None, min_n: int = 3,
@@ -92,6 +95,52 @@ def significant_sign(stat, p, *, alpha: float = ALPHA) -> str:
     if not (defined(stat) and defined(p)) or p >= alpha:
         return INCONCLUSIVE
     return REPRODUCED if stat > 0 else NOT_REPRODUCED
+
+
+def directional_verdict(effect, ci_low, ci_high, sign: int, bound: float, *, p=None, alpha: float = ALPHA,
+                        fit: bool = True) -> tuple[str, str]:
+    """Three-outcome rule for "the effect goes in direction ``sign``, by at least ``bound``".
+
+    With ``e = sign * effect`` and the 95% interval oriented the same way, checked in this order (so a
+    significant effect smaller than ``bound`` everywhere in its interval is ``not reproduced``):
+
+    - ``not reproduced`` when the interval's upper end is below ``bound`` (an effect of at least the
+      smallest effect of interest in the claimed direction is excluded -- a decisive null, or an effect
+      the other way);
+    - ``reproduced`` when the interval's lower end is above 0 (and ``p < alpha`` when a p-value is
+      given): the claimed direction, significant, and an effect of ``bound`` not excluded;
+    - ``inconclusive`` otherwise, or when ``fit`` is False (the networks did not reach their common fit).
+    """
+    if not fit:
+        return INCONCLUSIVE, "some networks did not reach their training target"
+    if not defined(effect, ci_low, ci_high):
+        return INCONCLUSIVE, "statistic undefined (too few or constant values)"
+    lo, hi = sorted((sign * float(ci_low), sign * float(ci_high)))
+    want = "positive" if sign > 0 else "negative"
+    if hi < bound:
+        return NOT_REPRODUCED, (f"a {want} effect of at least {bound:g} is excluded (interval end {sign * hi:.3g} "
+                                f"on the claimed side)")
+    if lo > 0 and (not defined(p) or p < alpha):
+        return REPRODUCED, f"{want}, interval excludes 0" + (f" (p={p:.3g})" if defined(p) else "")
+    return INCONCLUSIVE, f"interval [{min(ci_low, ci_high):.3g}, {max(ci_low, ci_high):.3g}] contains 0 and reaches {sign * bound:g}"
+
+
+def equivalence_verdict(ci_low, ci_high, bound: float, *, fit: bool = True) -> tuple[str, str]:
+    """TOST-style rule for "no effect": reproduced when the interval lies inside ``(-bound, bound)``.
+
+    Not reproduced when the interval lies entirely outside it (an effect of at least ``bound`` either way);
+    inconclusive otherwise.
+    """
+    if not fit:
+        return INCONCLUSIVE, "some networks did not reach their training target"
+    if not defined(ci_low, ci_high):
+        return INCONCLUSIVE, "interval undefined"
+    lo, hi = sorted((float(ci_low), float(ci_high)))
+    if -bound < lo and hi < bound:
+        return REPRODUCED, f"interval [{lo:.2f}, {hi:.2f}] inside (-{bound:g}, {bound:g})"
+    if lo >= bound or hi <= -bound:
+        return NOT_REPRODUCED, f"interval [{lo:.2f}, {hi:.2f}] outside (-{bound:g}, {bound:g})"
+    return INCONCLUSIVE, f"interval [{lo:.2f}, {hi:.2f}] crosses +-{bound:g}"
 
 
 def combine(parts: dict[str, str]) -> tuple[str, str]:

@@ -47,7 +47,7 @@ RULE_HISTORY = (
 def correlation_rule(x, y, sign: int, *, fit: bool = True, bound: float = BOUND) -> tuple[str, str, dict]:
     """Directional rank-correlation rule with a decisive null (see ``RULE``) -> ``(verdict, reason, numbers)``."""
     c = power.spearman_with_power(x, y, bound=bound, sign=sign)
-    verdict, reason = power.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], sign, bound, p=c["p"], fit=fit)
+    verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], sign, bound, p=c["p"], fit=fit)
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} networks would decide it at 80% power"
     return verdict, reason, c
@@ -75,7 +75,7 @@ def run(ctx: Context) -> ClaimResult:
              f"{fmt_corr(c_acc, '(nAUC, test acc)')}; {power.fmt_power(c_acc['power'])}", c_acc),
         Part("AUC vs generalization gap", vg, whyg,
              f"{fmt_corr(c_gap, '(nAUC, gap)')}; {power.fmt_power(c_gap['power'])}", c_gap, in_verdict=False),
-        Part("AUC vs test accuracy | train accuracy", *power.directional_verdict(
+        Part("AUC vs test accuracy | train accuracy", *verdicts.directional_verdict(
             partial["rho"], partial["ci_low"], partial["ci_high"], +1, BOUND, p=partial["p"]),
             fmt_corr(partial, "(nAUC, test acc | train acc), partial"), partial, in_verdict=False),
     ]

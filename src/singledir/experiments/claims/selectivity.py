@@ -51,7 +51,7 @@ def equivalence_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, d
     """Pooled within-layer rank correlation inside (-bound, bound)? -> ``(verdict, reason, numbers)``."""
     c = power.pooled_rank_correlation(x, y, layers)
     c["power"] = power.spearman_power(c["rho"], c["n"], bound=bound, sign=None, k=c.get("k", 0))
-    verdict, reason = power.equivalence_verdict(c["ci_low"], c["ci_high"], bound)
+    verdict, reason = verdicts.equivalence_verdict(c["ci_low"], c["ci_high"], bound)
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} units would decide it at 80% power"
     return verdict, reason, c
@@ -61,7 +61,7 @@ def negative_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, dict
     """Pooled within-layer rank correlation claimed negative -> ``(verdict, reason, numbers)``."""
     c = power.pooled_rank_correlation(x, y, layers)
     c["power"] = power.spearman_power(c["rho"], c["n"], bound=bound, sign=-1, k=c.get("k", 0))
-    verdict, reason = power.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
+    verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} units would decide it at 80% power"
     return verdict, reason, c

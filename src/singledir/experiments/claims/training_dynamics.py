@@ -52,7 +52,7 @@ def dynamics_rule(nauc, test_loss, *, bound: float = BOUND) -> tuple[str, str, d
     c = power.spearman_with_power(nauc, test_loss, bound=bound, sign=-1)
     if c["n"] < 5:
         return verdicts.INCONCLUSIVE, f"too few checkpoints (n={c['n']} < 5)", c
-    verdict, reason = power.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
+    verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} checkpoints would decide it at 80% power"
     return verdict, reason, c
@@ -129,7 +129,7 @@ def run(ctx: Context) -> ClaimResult:
                       + (f"difference d_z >= {es['mde_80_dz']:.2f} at 80% power" if es["mde_80_dz"] else "difference "
                          "at 80% power: too few seeds"), es))
     last = power.paired_ci(table["test_acc_at_nauc_peak"], table["final_test_acc"])
-    parts.append(Part("nAUC peak vs last epoch", *power.directional_verdict(
+    parts.append(Part("nAUC peak vs last epoch", *verdicts.directional_verdict(
         last["mean_diff"], last["ci_low"], last["ci_high"], +1, 0.0, p=last["p"]) if verdicts.defined(last["ci_low"])
         else (verdicts.INCONCLUSIVE, last.get("ci_note") or "too few seeds"),
         f"test acc at nAUC peak - at the last epoch: mean {_fmt(last['mean_diff'])}, 95% CI {fmt_ci(last, 4)}, "
