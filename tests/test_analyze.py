@@ -198,3 +198,40 @@ def test_analysis_runs_on_the_device_asked_for(run_dir, monkeypatch):
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     analysis.analyze_run(run, orders=1, noise=False, max_examples=60, n_boot=10, progress=False, device="cpu")
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------- one per-run analysis
+def test_analyze_and_the_claims_jobs_share_one_unit_table_and_one_noise_grid(monkeypatch):
+    import singledir as sd
+    from singledir.analysis import jobs
+    from singledir.experiments.presets import NOISE_SCALES
+    from singledir.reliance.noise import DEFAULT_SCALES
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 4, 4), 3, width=6, seed=0)
+    x = torch.randn(90, 1, 4, 4)
+    y = torch.arange(90) % 3
+    res = analysis.analyze(model, (x, y), (x, y), orders=2, noise_repeats=1, n_boot=20, progress=False)
+    pd.testing.assert_frame_equal(res.units, jobs.unit_table(model, (x, y), res.summary["settings"]["layers"],
+                                                             stats_data=(x, y)))
+    # one default noise grid: analyze, the claims' noise job and the presets
+    assert np.allclose(res.summary["settings"]["noise_scales"], DEFAULT_SCALES)
+    assert np.allclose(NOISE_SCALES, DEFAULT_SCALES)
+    # one name per noise area: the base-normalized area is NoiseResult.auc()'s normalized_auc
+    per = pd.DataFrame(res.summary["noise"]["per_repeat"])
+    assert {"noise_auc", "noise_auc_range_normalized", "noise_auc_base_normalized"} <= set(per.columns)
+    assert per["noise_auc_base_normalized"].mean() == pytest.approx(res.summary["noise"]["auc"][0]["normalized_auc_mean"])
+
+    real = sd.unit_importance
+    monkeypatch.setattr(sd, "unit_importance", lambda *a, **k: real(*a, **k).iloc[1:])  # a unit lost: a bug
+    with pytest.raises(SingledirError, match="different units"):
+        jobs.unit_table(model, (x, y), ["hidden.0"])
+
+
+def test_noise_job_defaults_to_the_one_grid(run_dir):
+    from singledir.analysis import jobs
+    from singledir.reliance.noise import DEFAULT_SCALES
+
+    out = jobs.noise(run_dir, examples=60, repeats=1)
+    assert np.allclose(sorted(out["curves"]["scale"].unique()), DEFAULT_SCALES)
+    assert {"noise_auc", "noise_auc_range_normalized", "noise_auc_base_normalized"} <= set(out["auc"].columns)

@@ -13,7 +13,8 @@ import pytest
 
 from singledir import stats
 from singledir.cli import main
-from singledir.experiments import CLAIMS, jobs, verdicts
+from singledir.analysis import jobs
+from singledir.experiments import CLAIMS, verdicts
 from singledir.experiments.runner import run_name
 
 VERDICTS = {"reproduced", "not reproduced", "inconclusive"}

@@ -1,7 +1,7 @@
 """What a claim gets (:class:`Context`) and what it returns (:class:`ClaimResult`).
 
 A claim module reads top to bottom: settings -> ``ctx.train(configs)`` -> per-run jobs of
-:mod:`.jobs` via ``ctx.analyze`` -> statistics (:mod:`singledir.stats`) -> figures via ``ctx.figure`` ->
+:mod:`singledir.analysis.jobs` via ``ctx.analyze`` -> statistics (:mod:`singledir.stats`) -> figures via ``ctx.figure`` ->
 a :class:`ClaimResult` whose verdict comes from the pre-declared rule in its ``rule`` text (see
 :mod:`.verdicts`).
 """

@@ -49,8 +49,8 @@ from singledir.experiments.leases import Lease, journal
 # The code that determines a measured number, relative to the package folder: its source is hashed into
 # every analysis cache key (with the analysis function's own module), so no hand-bumped version can be
 # forgotten. Folders are read recursively (*.py).
-MEASUREMENT_CODE = ("reliance", "measures", "models", "data", "analysis.py", "devices.py", "training/rundir.py",
-                    "training/config.py", "experiments/jobs.py")
+MEASUREMENT_CODE = ("reliance", "measures", "models", "data", "analysis", "devices.py", "training/rundir.py",
+                    "training/config.py")
 
 BUSY = "busy"  # a job found its lease held by another live worker
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import jobs, verdicts
+from singledir.analysis import jobs
+from singledir.experiments import verdicts
 from singledir.stats import power
 from singledir.reporting.formatting import fmt_ci, fmt_corr, fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
