@@ -153,3 +153,20 @@ def test_seed_offset_is_applied_and_recorded(tmp_path):
     assert sorted(r["config"]["seed"] for r in doc["runs"].values()) == want
     assert any("seed offset 7" in n for n in doc["preset_notes"])
     assert "seed offset 7" in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------- how stable is a verdict
+def test_correlation_stability_margin_and_replication_share():
+    from singledir.experiments import verdicts
+
+    far = verdicts.correlation_stability(0.8, 60, rule="directional", sign=1, bound=0.3)
+    assert far["margin"] > 0.5 and far["same_verdict_share"] > 0.99 and "reproduced" in far["text"]
+    # an interval end right on its threshold: about half the replications decide the other way
+    lo_at_zero = 1.96 * (1 + 0.26 ** 2 / 2) ** 0.5 / 57 ** 0.5  # rho whose lower Fisher-z end is ~0 at n = 60
+    edge = verdicts.correlation_stability(float(np.tanh(lo_at_zero)), 60, rule="directional", sign=1, bound=0.3)
+    assert abs(edge["margin"]) < 0.02 and 0.3 < edge["same_verdict_share"] < 0.7
+    null = verdicts.correlation_stability(0.0, 2000, rule="equivalence", bound=0.3)
+    assert null["margin"] > 0.2 and null["same_verdict_share"] == 1.0
+    assert verdicts.interval_margin(-0.004, 0.01, reproduced_if_low_above=-0.01, not_if_high_below=-0.01)["margin"] \
+        == pytest.approx(0.006)
+    assert verdicts.p_margin(0.01)["margin"] == pytest.approx(0.04)

@@ -76,6 +76,11 @@ def check_report_structure(smoke):
     assert "Fisher z" in doc["statistics"]["interval_methods"]
     assert "percentile bootstrap" in doc["statistics"]["interval_methods"]
     assert "interval methods" in (smoke / "index.html").read_text()
+    # every decided claim says how stable its verdict is
+    for name, claim in doc["claims"].items():
+        if claim["verdict"] in verdicts.VERDICTS:
+            assert claim["stability"], name
+    assert "How stable is this verdict" in (smoke / "index.html").read_text()
     assert [s["claim"] for s in doc["summary"]] == list(CLAIMS)
     for name, claim in doc["claims"].items():
         assert claim["verdict"] in VERDICTS, name

@@ -92,11 +92,12 @@ class ClaimResult:
     cpu_seconds: float = 0.0
     error: str | None = None
     rule_history: str | None = None  # how this rule changed after earlier runs (the module's RULE_HISTORY)
+    stability: list[str] = field(default_factory=list)  # how stable the verdict is, one line per part
 
     def to_dict(self) -> dict:
         return {
             "name": self.name, "title": self.title, "statement": self.statement, "rule": self.rule,
-            "rule_history": self.rule_history,
+            "rule_history": self.rule_history, "stability": self.stability,
             "verdict": self.verdict, "reason": self.reason, "key_statistic": self.key_statistic,
             "parts": [p.to_dict() for p in self.parts], "settings": self.settings, "figures": self.figures,
             "tables": {k: frame_records(v) for k, v in self.tables.items()}, "numbers": jsonable(self.numbers),

@@ -168,6 +168,8 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
                 result = _error_result(name, settings[name], err, ctx)
                 errors.append(f"{name}: {result.error}")
             result.rule_history = getattr(importlib.import_module(CLAIMS[name]), "RULE_HISTORY", None)
+            if result.verdict in verdicts.VERDICTS:
+                result.stability = verdicts.stability_lines(result.parts)
             result.wall_seconds = t()
             result.cpu_seconds = time.process_time() - cpu0 + runner.worker_cpu_seconds - wcpu0
             results.append(result)

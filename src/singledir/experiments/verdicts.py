@@ -10,6 +10,9 @@ Every verdict in the report comes from one of the rules below, declared here bef
 - :func:`directional_verdict` -- the three-outcome rule for a directional effect with a 95% interval and
   a smallest effect of interest; :func:`equivalence_verdict` -- the TOST-style rule for "no effect":
   reproduced when the interval lies inside ``(-bound, bound)``.
+- :func:`correlation_stability`, :func:`interval_margin`, :func:`p_margin`, :func:`stability_lines` -- how
+  stable a verdict is: the margin of the deciding interval end to its threshold and, for correlations,
+  the share of same-size parametric replications that give the same verdict (the report's stability line).
 - :func:`combine` -- a claim made of several parts: ``reproduced`` when every part is; ``not reproduced``
   when any part is; ``inconclusive`` otherwise.
 - :data:`REPRODUCED`, :data:`NOT_REPRODUCED`, :data:`INCONCLUSIVE`, :data:`VERDICTS`, :data:`ALPHA`.
@@ -34,7 +37,8 @@ import numpy as np
 from singledir.stats import ALPHA
 
 __all__ = ["ALPHA", "ERROR", "INCONCLUSIVE", "NOT_REPRODUCED", "OUTCOMES", "REPRODUCED", "SKIPPED", "VERDICTS",
-           "RULES_SUMMARY", "combine", "directional_verdict", "equivalence_verdict", "sign_verdict"]
+           "RULES_SUMMARY", "combine", "correlation_stability", "directional_verdict", "equivalence_verdict",
+           "interval_margin", "p_margin", "sign_verdict", "stability_lines"]
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
@@ -153,3 +157,89 @@ def combine(parts: dict[str, str]) -> tuple[str, str]:
         return NOT_REPRODUCED, f"not reproduced: {', '.join(bad)}"
     unsure = [k for k, v in parts.items() if v != REPRODUCED]
     return INCONCLUSIVE, f"inconclusive: {', '.join(unsure)}"
+
+
+# ---------------------------------------------------------------------------- how stable is a verdict
+N_REPLICATES = 4000  # parametric replicates behind the "same verdict in a replication" share
+
+
+def _margin_text(ends: dict[str, float]) -> tuple[str, float]:
+    """``ends``: {description of a deciding condition: signed distance past its threshold (> 0: met)}.
+    Returns the text of the condition that decides (met, or nearest to being met) and its distance."""
+    name, dist = max(ends.items(), key=lambda kv: kv[1])
+    return (f"{name} by {dist:.3g}" if dist > 0 else f"{name.replace('past', 'short of')} by {-dist:.3g}"), dist
+
+
+def correlation_stability(rho, n: int, *, rule: str, sign: int = 1, bound: float = 0.3, k: int = 0,
+                          alpha: float = ALPHA, seed: int = 0) -> dict:
+    """How stable the verdict of a Spearman part is, from the numbers the part has.
+
+    ``rule``: ``"directional"`` (:func:`directional_verdict` with ``sign`` and ``bound``) or
+    ``"equivalence"`` (:func:`equivalence_verdict`). Returns ``{"margin", "same_verdict_share", "text"}``:
+    ``margin`` is how far the deciding interval end lies past (> 0) or short of (< 0) its threshold;
+    ``same_verdict_share`` the share of ``N_REPLICATES`` replications of the same size (rho drawn on the
+    Fisher-z scale around the observed rho with the Bonett-Wright standard error -- a parametric
+    bootstrap over networks) whose rule gives the same verdict.
+    """
+    from scipy import stats as st
+
+    from singledir.stats import power
+
+    if not defined(rho) or n - 3 - k <= 0:
+        return {"margin": math.nan, "same_verdict_share": math.nan, "text": "undefined (too few observations)"}
+    lo, hi = power.spearman_ci(rho, n, k=k)
+    z = math.atanh(float(np.clip(rho, -0.999999, 0.999999)))
+    draws = np.tanh(np.random.default_rng(seed).normal(z, power.spearman_se(rho, n, k), N_REPLICATES))
+    zc = st.norm.ppf(0.5 + (1 - alpha) / 2)
+    se = np.sqrt((1 + draws ** 2 / 2) / (n - 3 - k))
+    zd = np.arctanh(np.clip(draws, -0.999999, 0.999999))
+    los, his = np.tanh(zd - zc * se), np.tanh(zd + zc * se)
+    if rule == "equivalence":
+        observed = equivalence_verdict(lo, hi, bound)[0]
+        text, dist = _margin_text({f"the interval's outer end past +-{bound:g} inwards": min(bound - hi, lo + bound),
+                                   f"the interval's inner end past +-{bound:g} outwards": max(lo - bound, -bound - hi)})
+        inside = (los > -bound) & (his < bound)
+        outside = (los >= bound) | (his <= -bound)
+        rep = np.where(inside, REPRODUCED, np.where(outside, NOT_REPRODUCED, INCONCLUSIVE))
+    else:
+        observed = directional_verdict(rho, lo, hi, sign, bound)[0]
+        olo, ohi = sorted((sign * lo, sign * hi))
+        text, dist = _margin_text({"the claimed-side interval end past 0": olo,
+                                   f"the far interval end past the bound {sign * bound:g}": bound - ohi})
+        a, b = np.minimum(sign * los, sign * his), np.maximum(sign * los, sign * his)
+        rep = np.where(b < bound, NOT_REPRODUCED, np.where(a > 0, REPRODUCED, INCONCLUSIVE))
+    share = float(np.mean(rep == observed))
+    return {"margin": float(dist), "same_verdict_share": share,
+            "text": f"{text}; {share:.0%} of same-size replications (parametric, {N_REPLICATES}) give {observed}"}
+
+
+def interval_margin(ci_low, ci_high, *, reproduced_if_low_above: float, not_if_high_below: float) -> dict:
+    """Margin of a non-inferiority-type rule: reproduced when ``ci_low`` > a threshold, not reproduced when
+    ``ci_high`` < another. ``{"margin", "text"}`` as in :func:`correlation_stability` (no replication share)."""
+    if not defined(ci_low, ci_high):
+        return {"margin": math.nan, "text": "undefined (no interval)"}
+    text, dist = _margin_text({f"lower end past {reproduced_if_low_above:g}": ci_low - reproduced_if_low_above,
+                               f"upper end past {not_if_high_below:g}": not_if_high_below - ci_high})
+    return {"margin": float(dist), "text": text}
+
+
+def p_margin(p, alpha: float = ALPHA) -> dict:
+    """For a significance rule: ``p`` against ``alpha`` (``{"margin": alpha - p, "text"}``)."""
+    if not defined(p):
+        return {"margin": math.nan, "text": "p undefined"}
+    return {"margin": float(alpha - p), "text": f"p = {p:.3g} vs {alpha:g} ({'below' if p < alpha else 'above'} "
+                                                f"by a factor {max(p, alpha) / max(min(p, alpha), 1e-300):.2g})"}
+
+
+def stability_lines(parts) -> list[str]:
+    """One line per in-verdict part: its ``numbers["stability"]`` text, or its p against alpha."""
+    lines = []
+    for part in parts:
+        if not part.in_verdict:
+            continue
+        st_ = part.numbers.get("stability") if isinstance(part.numbers, dict) else None
+        if st_ is None and isinstance(part.numbers, dict) and "p" in part.numbers:
+            st_ = p_margin(part.numbers.get("p"))
+        if st_ is not None:
+            lines.append(f"{part.name}: {st_['text']}")
+    return lines

@@ -175,6 +175,10 @@ def render_html(out: Path, doc: dict) -> str:
         h.append(f"<section class='claim' id='{html.escape(name)}'>")
         h.append(f"<h2>{html.escape(name)}: {html.escape(c['title'])}</h2>")
         h.append(f"<p><strong>Verdict:</strong> {_badge(c['verdict'])} {html.escape(c['reason'])}</p>")
+        if c.get("stability"):
+            h.append("<p><strong>How stable is this verdict.</strong> Margin of the deciding number to its "
+                     "threshold, per part in the verdict:</p><ul class='stability'>"
+                     + "".join(f"<li>{html.escape(line)}</li>" for line in c["stability"]) + "</ul>")
         h.append(f"<p><strong>Paper's claim.</strong></p><blockquote>{html.escape(c['statement'])}</blockquote>")
         h.append(f"<p><strong>Rule (fixed in the code before this run).</strong> {html.escape(c['rule'])}</p>")
         if c.get("rule_history"):
@@ -223,6 +227,8 @@ def render_markdown(doc: dict) -> str:
         m += ["", "**Errors:**", ""] + [f"- {e}" for e in doc["errors"]]
     for name, c in doc.get("claims", {}).items():
         m += ["", f'<a id="{name}"></a>', f"## {name}: {c['title']}", "", f"**Verdict: {c['verdict']}** -- {c['reason']}",
+              *(["", "**How stable is this verdict** (margin of the deciding number to its threshold, per part "
+                 "in the verdict):", "", *[f"- {line}" for line in c["stability"]]] if c.get("stability") else []),
               "", f"> {c['statement']}", "", f"**Rule (fixed in the code before this run).** {c['rule']}", ""]
         if c.get("rule_history"):
             m += [f"**Rule history.** {c['rule_history']}", ""]

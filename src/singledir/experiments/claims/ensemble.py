@@ -49,6 +49,7 @@ def correlation_rule(x, y, sign: int, *, fit: bool = True, bound: float = BOUND)
     """Directional rank-correlation rule with a decisive null (see ``RULE``) -> ``(verdict, reason, numbers)``."""
     c = power.spearman_with_power(x, y, bound=bound, sign=sign)
     verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], sign, bound, p=c["p"], fit=fit)
+    c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=sign, bound=bound)
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} networks would decide it at 80% power"
     return verdict, reason, c

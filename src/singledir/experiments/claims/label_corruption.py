@@ -95,6 +95,10 @@ def trend_rule(p, auc, *, fit: bool = True, bound: float = BOUND, n_perm: int = 
     up = power.isotonic_trend(p, auc, +1, n_perm=n_perm)
     lo, hi, pw = corr["ci_low"], corr["ci_high"], corr["power"]
     numbers = dict(corr, trend_down=down, trend_up=up)
+    trend = verdicts.p_margin(down["p"])
+    rho_end = f"{lo:.2f} vs -{bound:g} (not reproduced above it)" if verdicts.defined(lo) else "undefined"
+    numbers["stability"] = {"margin": trend["margin"],
+                            "text": f"falling-trend {trend['text']}; rho interval lower end {rho_end}"}
     if not fit:
         return verdicts.INCONCLUSIVE, "some networks did not reach their training target", numbers
     if not (verdicts.defined(down["p"]) and verdicts.defined(corr["rho"])):

@@ -53,6 +53,8 @@ def equivalence_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, d
     c = power.pooled_rank_correlation(x, y, layers)
     c["power"] = power.spearman_power(c["rho"], c["n"], bound=bound, sign=None, k=c.get("k", 0))
     verdict, reason = verdicts.equivalence_verdict(c["ci_low"], c["ci_high"], bound)
+    c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="equivalence", bound=bound,
+                                                    k=c.get("k", 0))
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} units would decide it at 80% power"
     return verdict, reason, c
@@ -63,6 +65,8 @@ def negative_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, dict
     c = power.pooled_rank_correlation(x, y, layers)
     c["power"] = power.spearman_power(c["rho"], c["n"], bound=bound, sign=-1, k=c.get("k", 0))
     verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
+    c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=-1, bound=bound,
+                                                    k=c.get("k", 0))
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} units would decide it at 80% power"
     return verdict, reason, c

@@ -54,6 +54,7 @@ def dynamics_rule(nauc, test_loss, *, bound: float = BOUND) -> tuple[str, str, d
     if c["n"] < 5:
         return verdicts.INCONCLUSIVE, f"too few checkpoints (n={c['n']} < 5)", c
     verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
+    c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=-1, bound=bound)
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} checkpoints would decide it at 80% power"
     return verdict, reason, c
@@ -63,6 +64,8 @@ def early_stopping_rule(at_peak, at_best, *, margin: float = MARGIN) -> tuple[st
     """Non-inferiority of stopping at the nAUC peak vs at the lowest test loss, paired across seeds."""
     d = power.paired_ci(at_peak, at_best)
     d["margin"] = margin
+    d["stability"] = verdicts.interval_margin(d["ci_low"], d["ci_high"], reproduced_if_low_above=-margin,
+                                              not_if_high_below=-margin)
     d["mde_80_dz"] = power.paired_mde(d["n"]) if d["n"] >= 2 else None
     if d.get("ci_note") and verdicts.defined(d["mean_diff"]):  # every seed the same difference: no interval
         v = verdicts.REPRODUCED if d["mean_diff"] > -margin else verdicts.NOT_REPRODUCED
