@@ -180,23 +180,34 @@ def test_device_is_checked_once_with_a_clear_error(run_dir, tmp_path, capsys, mo
 
 
 def test_analysis_runs_on_the_device_asked_for(run_dir, monkeypatch):
-    """The model handed to the measurements is on the requested device, and a given Run's model is not moved."""
+    """The model handed to the measurements is on the requested device, and a given Run's model is not moved.
+
+    A second device is simulated with "meta" (the model's tensors have no data there), so a device
+    argument that were ignored would leave the model on the CPU and fail the test."""
+    import singledir.devices as devices
+    import singledir.training.rundir as rundir
     from singledir.training import load_run
 
+    class Reached(Exception):
+        pass
+
     seen = []
-    real = analysis.analyze
 
     def spy(model, *a, **k):
         seen.append(next(model.parameters()).device)
-        return real(model, *a, **k)
+        raise Reached
 
     monkeypatch.setattr(analysis, "analyze", spy)
-    res = analysis.analyze_run(run_dir, orders=1, noise=False, max_examples=60, n_boot=10, progress=False,
-                               device="cpu")
-    assert seen == [torch.device("cpu")] and res.summary["settings"]["device"] == "cpu"
+    for module in (devices, rundir):
+        monkeypatch.setattr(module, "resolve_device", lambda name: torch.device(name))
+    with pytest.raises(Reached):
+        analysis.analyze_run(run_dir, orders=1, noise=False, max_examples=60, progress=False, device="meta")
+    assert seen == [torch.device("meta")]
     run = load_run(run_dir)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
-    analysis.analyze_run(run, orders=1, noise=False, max_examples=60, n_boot=10, progress=False, device="cpu")
+    with pytest.raises(Reached):
+        analysis.analyze_run(run, orders=1, noise=False, max_examples=60, progress=False, device="meta")
+    assert seen[-1] == torch.device("meta") and next(run.model.parameters()).device == torch.device("cpu")
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
 
 
