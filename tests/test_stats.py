@@ -67,7 +67,7 @@ def test_spearman_nine_or_ten_pairs_uses_seeded_permutations_close_to_scipy_exac
     c = stats.spearman(x, y, n_boot=0)
     ref = sps.spearmanr(x, y, alternative="two-sided")
     exact = sps.permutation_test((y,), lambda v: sps.spearmanr(x, v).statistic, permutation_type="pairings",
-                                 n_resamples=20000, rng=np.random.default_rng(1)).pvalue
+                                 n_resamples=20000, random_state=np.random.default_rng(1)).pvalue
     assert c["p_method"].startswith("permutation") and c["rho"] == pytest.approx(ref.statistic)
     assert c["p"] == pytest.approx(exact, abs=0.01)
     assert stats.spearman(x, y, n_boot=0)["p"] == c["p"]  # seeded
@@ -125,7 +125,7 @@ def test_bootstrap_mean_ci_matches_scipy_and_covers():
     v = np.array([0.2, 0.5, 0.4, 0.9, 0.3, 0.6])
     lo, hi = stats.bootstrap_mean_ci(v, n_boot=500, seed=2)
     ref = sps.bootstrap((v,), np.mean, n_resamples=500, method="percentile",
-                        rng=np.random.default_rng(2)).confidence_interval
+                        random_state=np.random.default_rng(2)).confidence_interval
     assert (lo, hi) == (pytest.approx(ref.low), pytest.approx(ref.high))
     assert stats.bootstrap_mean_ci([0.3, 0.3]) == (0.3, 0.3)
     assert all(math.isnan(t) for t in stats.bootstrap_mean_ci([0.3]))

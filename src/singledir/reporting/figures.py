@@ -339,11 +339,16 @@ def plot_scatter(
     s: float = 12,
     logx: bool = False,
     logy: bool = False,
+    pooled: str | None = None,
 ) -> Figure:
     """Scatter of ``y`` against ``x``, coloured by ``group``.
 
-    With ``annotate_rho`` each group's legend entry carries its Spearman rho and p-value and the pooled
-    value over all points is in the legend title (or the title without groups); the legend sits
+    With ``annotate_rho`` each group's legend entry carries its Spearman rho and p-value, and the legend
+    title (or the title without groups) a pooled value: ``pooled`` when given (shown even without
+    ``annotate_rho``; e.g. the within-group
+    statistic a verdict uses), else with groups the within-group pooled rank correlation
+    (:func:`singledir.stats.power.pooled_rank_correlation`, never a plain rho across groups, whose sign can
+    differ), without groups the plain Spearman rho; the legend sits
     below the axes so it never hides points (``rho n/a`` for constant data) -- the
     paper's selectivity-vs-importance figure (x="selectivity", y="accuracy_drop", group="layer").
     A faint line marks y = 0 when the data straddle it.
@@ -366,10 +371,16 @@ def plot_scatter(
         yall = yall[np.isfinite(yall)]
         if yall.size and yall.min() < 0 < yall.max():
             ax.axhline(0.0, color="0.5", linewidth=0.7, zorder=1)
-        pooled = None
-        if annotate_rho:
-            rho, p = _spearman(df[x].to_numpy(dtype=float), df[y].to_numpy(dtype=float))
-            pooled = f"all: Spearman {_rho_text(rho, p)}, n={len(df)}"
+        if annotate_rho and pooled is None:
+            if group is not None:
+                from singledir.stats.power import pooled_rank_correlation
+
+                c = pooled_rank_correlation(df[x].to_numpy(dtype=float), df[y].to_numpy(dtype=float),
+                                            df[group].to_numpy())
+                pooled = f"within-{group} pooled {_rho_text(c['rho'], c['p'])}, n={c['n']}"
+            else:
+                rho, p = _spearman(df[x].to_numpy(dtype=float), df[y].to_numpy(dtype=float))
+                pooled = f"all: Spearman {_rho_text(rho, p)}, n={len(df)}"
         if logx:
             ax.set_xscale("log")
         if logy:

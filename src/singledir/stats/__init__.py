@@ -94,6 +94,8 @@ P_VALUE_RULE = (
 )
 
 _NAN = math.nan
+# NumPy 2 renamed trapz to trapezoid; the declared floor (numpy 1.24) has only trapz.
+_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")
 
 
 def _num(x) -> float:
@@ -146,7 +148,7 @@ def trapezoid_auc(y, x) -> float:
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
         return 0.0
-    return float(np.trapezoid(y, x))
+    return float(_trapezoid(y, x))
 
 
 def normalized_auc(auc, base_accuracy) -> float:
@@ -344,7 +346,7 @@ def bootstrap_mean_ci(values, *, n_boot: int = N_BOOT, confidence: float = CONFI
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns about degenerate resamples of tiny samples
         res = _st.bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=n_boot,
-                            method="percentile", rng=np.random.default_rng(seed))
+                            method="percentile", random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

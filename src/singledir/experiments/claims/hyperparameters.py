@@ -15,7 +15,7 @@ from singledir import stats
 from singledir.analysis import jobs
 from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_corr
+from singledir.reporting.formatting import fmt_ci, fmt_corr
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_scatter
 
@@ -87,7 +87,9 @@ def run(ctx: Context) -> ClaimResult:
     runs["setting"] = [f"lr={lr:g}, bs={bs}" for lr, bs in zip(runs["lr"], runs["batch_size"])]
     ctx.figure(plot_scatter(runs, "nauc", "test_acc", group="setting", annotate_rho=False,
                             xlabel="normalized ablation AUC (training data)", ylabel="test accuracy",
-                            title=f"lr x batch-size grid: {fmt_corr(c)}"),
+                            title="lr x batch-size grid",
+                            pooled=f"verdict: partial rho(nAUC, test acc | train acc) = {cp['rho']:.2f} "
+                                   f"{fmt_ci(cp)}, n = {cp['n']}"),
                "auc-vs-test", "Each point is one network of the learning-rate x batch-size grid (colour: "
                "setting; several seeds each). Paper Fig. 4 (hyperparameter panel).")
     table = runs.groupby(["lr", "batch_size"], as_index=False)[["test_acc", "train_acc", "epochs", "nauc", "auc"]].mean()

@@ -135,7 +135,9 @@ def run(ctx: Context) -> ClaimResult:
             ctx.figure(plot_scatter(sub, measure, "accuracy_drop", group="layer", title=f"{kind}: {measure} vs importance"),
                        f"{kind.lower()}-{measure.replace('_', '-')}",
                        f"Each point is one live unit of the {kind}; x: its {measure.replace('_', ' ')} (test set), y: "
-                       f"the test accuracy lost when it alone is ablated. Spearman rho per layer in the legend. Paper Fig. 7.")
+                       f"the test accuracy lost when it alone is ablated. Spearman rho per layer in the legend; its title the "
+                       f"within-layer pooled rho over the plotted layers (the verdict's method; the verdict's parts "
+                       f"take the late and the early layers apart). Paper Fig. 7.")
 
     verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     n_in = [p for p in parts if p.in_verdict]
