@@ -342,3 +342,20 @@ def test_report_opening_defines_every_rule_kind_the_claims_use_and_rules_carry_n
         assert "significant the other way" in text
         assert "Rule history" in text and "Changed after a run X." in text
         assert "declared before the results" not in text
+
+
+def test_report_tables_put_key_columns_first_fold_long_ones_and_keep_pipes():
+    from singledir.reporting.report import render_html, render_markdown
+
+    rows = [{"run": f"mlp-fashion-w128-p0-s{i}-abcdef1234", "train_seconds": 1.0, "seed": i, "nauc": 0.5,
+             "test_acc": 0.9} for i in range(20)]
+    claim = {"title": "t", "statement": "s", "rule": "r", "verdict": "reproduced", "reason": "why", "parts": [],
+             "figures": [], "tables": {"networks": rows}}
+    doc = {"preset": "smoke", "claims": {"ensemble": claim},
+           "summary": [{"claim": "ensemble", "title": "t", "verdict": "reproduced",
+                        "key_statistic": "partial rho(a, b | c) = 0.1", "wall_seconds": 1.0}]}
+    page, md = render_html(Path("."), doc), render_markdown(doc)
+    head = page[page.index("<h3>networks</h3>"):]
+    assert head.index("<th>seed</th>") < head.index("<th>nauc</th>") < head.index("<th>run</th>")
+    assert "<details><summary>20 rows" in head and "class=\"id\"" in head
+    assert "partial rho(a, b \\| c)" in md and "(a, b / c)" not in md

@@ -34,6 +34,7 @@ figure{display:inline-block;margin:.5em 1em .5em 0;max-width:480px;vertical-alig
 figure img{max-width:100%}figcaption{font-size:.85em;color:#57606a}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em}.meta td{border:none;padding:1px 8px 1px 0}
 blockquote{border-left:4px solid #d0d7de;margin:.5em 0;padding:.2em 1em;color:#57606a}
+div.scroll{overflow-x:auto;max-width:100%}td.id{white-space:nowrap;font-family:monospace;font-size:.85em}
 """
 
 
@@ -64,11 +65,20 @@ def _minutes(seconds) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
 
+# Columns a reader scans first in per-network tables; the long run id goes last (it names the directory).
+_FIRST = ("model", "corrupt", "p", "seed", "setting", "lr", "batch_size", "dropout", "batchnorm", "width",
+          "layer", "measure", "rho", "p_value", "auc", "nauc", "test_acc", "train_acc", "gap", "target_reached")
+_LAST = ("run", "ci_method", "ci_note")
+FOLD_ROWS = 12  # longer tables are folded (<details>) in the HTML page
+
+
 def _columns(records: list[dict]) -> list[str]:
     cols: list[str] = []
     for r in records:
         cols.extend(k for k in r if k not in cols)
-    return cols
+    first = [c for c in _FIRST if c in cols]
+    last = [c for c in _LAST if c in cols]
+    return first + [c for c in cols if c not in first and c not in last] + last
 
 
 def _badge(verdict: str) -> str:
@@ -87,10 +97,14 @@ def _html_table(records: list[dict], max_rows: int = 60) -> str:
         for c in cols:
             v = r.get(c)
             cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+            cls = ' class="id"' if c == "run" else cls
             cells.append(f"<td{cls}>{html.escape(_fmt(v))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     more = f"<p><em>{len(records) - max_rows} more rows in results.json</em></p>" if len(records) > max_rows else ""
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>{more}"
+    table = f"<div class='scroll'><table><tr>{head}</tr>{''.join(rows)}</table></div>{more}"
+    if len(records) > FOLD_ROWS:
+        return f"<details><summary>{len(records)} rows (click to show)</summary>{table}</details>"
+    return table
 
 
 def _md_table(records: list[dict], max_rows: int = 60) -> str:
@@ -221,7 +235,7 @@ def render_markdown(doc: dict) -> str:
          "", "## Summary", "",
          "| claim | verdict | key statistic | wall time (CPU time) |", "|---|---|---|---|"]
     for s in doc.get("summary", []):
-        m.append(f"| [{s['claim']}](#{s['claim']}) | **{s['verdict']}** | {s['key_statistic'].replace('|', '/')} | "
+        m.append(f"| [{s['claim']}](#{s['claim']}) | **{s['verdict']}** | {s['key_statistic'].replace('|', chr(92) + '|')} | "
                  f"{_minutes(s['wall_seconds'])} ({_minutes(s.get('cpu_seconds'))}) |")
     if doc.get("errors"):
         m += ["", "**Errors:**", ""] + [f"- {e}" for e in doc["errors"]]
