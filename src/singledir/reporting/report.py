@@ -23,7 +23,7 @@ from singledir.io import atomic_write_json, atomic_write_text
 VERDICT_COLORS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#9a6700",
                   "error": "#000000", "skipped": "#6e7781"}
 
-_CSS = """
+CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;
 color:#1f2328;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:2em}
@@ -159,7 +159,7 @@ def render_html(out: Path, doc: dict) -> str:
     title = f"singledir: reproducing Morcos et al. 2018 (preset {doc.get('preset')})"
     status = "" if doc.get("complete") else " <strong>(incomplete: the reproduction is still running or was interrupted)</strong>"
     h = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-         f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+         f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
          "<p>On the importance of single directions for generalization (Morcos, Barrett, Rabinowitz, Botvinick, "
          f"ICLR 2018). {html.escape(RULES_SUMMARY)}</p>",
          "<table class='meta'>",
