@@ -45,6 +45,7 @@ import pandas as pd
 
 from singledir.experiments.backends import import_ray, make_backend
 from singledir.experiments.leases import Lease, journal
+from singledir.training.config import RUNTIME_SETTINGS
 
 # The code that determines a measured number, relative to the package folder: its source is hashed into
 # every analysis cache key (with the analysis function's own module), so no hand-bumped version can be
@@ -54,8 +55,9 @@ MEASUREMENT_CODE = ("reliance", "measures", "models", "data", "analysis", "devic
 
 BUSY = "busy"  # a job found its lease held by another live worker
 
-# Settings that do not change what a run computes (where the data lives, which device trained it).
-_NOT_IN_KEY = ("data_dir", "device", "eval_batch_size")
+# Settings that do not change what a run computes (where the data lives, which device trained it): the
+# training config's own list, so the run name and the resume check never disagree.
+_NOT_IN_KEY = RUNTIME_SETTINGS
 
 
 def _hash(obj, n: int = 10) -> str:
