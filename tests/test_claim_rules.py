@@ -13,6 +13,7 @@ from singledir.cli import main
 from singledir.experiments import presets
 from singledir.experiments.claims import batchnorm, dropout, ensemble, hyperparameters, label_corruption
 from singledir.experiments.claims import selectivity, training_dynamics
+from singledir.stats import power
 
 R, N, I = "reproduced", "not reproduced", "inconclusive"
 P12 = np.repeat([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], 2)
@@ -170,3 +171,12 @@ def test_correlation_stability_margin_and_replication_share():
     assert verdicts.interval_margin(-0.004, 0.01, reproduced_if_low_above=-0.01, not_if_high_below=-0.01)["margin"] \
         == pytest.approx(0.006)
     assert verdicts.p_margin(0.01)["margin"] == pytest.approx(0.04)
+
+
+def test_n_to_decide_is_reported_only_while_a_part_is_undecided():
+    rng = np.random.default_rng(0)
+    x = np.arange(40.0)
+    v, _, c = ensemble.correlation_rule(x, x + rng.normal(0, 1, 40), +1)  # clearly decided
+    assert v == "reproduced" and "n_to_decide" not in c["power"] and "would decide" not in power.fmt_power(c["power"])
+    v, _, c = ensemble.correlation_rule(x[:8], rng.normal(0, 1, 8), +1)  # too few to decide
+    assert v == "inconclusive" and c["power"].get("n_to_decide")

@@ -231,6 +231,13 @@ def p_margin(p, alpha: float = ALPHA) -> dict:
                                                 f"by a factor {max(p, alpha) / max(min(p, alpha), 1e-300):.2g})"}
 
 
+def decided(verdict: str, pw: dict | None) -> None:
+    """Drop ``n_to_decide`` from a power dict once ``verdict`` is decided: the report says how many
+    networks would decide a claim only while it is undecided."""
+    if pw is not None and verdict in (REPRODUCED, NOT_REPRODUCED):
+        pw.pop("n_to_decide", None)
+
+
 def stability_lines(parts) -> list[str]:
     """One line per in-verdict part: its ``numbers["stability"]`` text, or its p against alpha."""
     lines = []

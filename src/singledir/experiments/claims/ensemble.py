@@ -50,6 +50,7 @@ def correlation_rule(x, y, sign: int, *, fit: bool = True, bound: float = BOUND)
     c = power.spearman_with_power(x, y, bound=bound, sign=sign)
     verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], sign, bound, p=c["p"], fit=fit)
     c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=sign, bound=bound)
+    verdicts.decided(verdict, c["power"])
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} networks would decide it at 80% power"
     return verdict, reason, c

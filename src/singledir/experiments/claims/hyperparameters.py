@@ -51,6 +51,7 @@ def partial_rule(auc, test_acc, train_acc, *, bound: float = BOUND) -> tuple[str
     c["power"] = pw
     verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], +1, bound, p=c["p"])
     c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=+1, bound=bound, k=1)
+    verdicts.decided(verdict, c.get("power"))
     if verdict == verdicts.INCONCLUSIVE and pw.get("n_to_decide"):
         reason += f"; about {pw['n_to_decide']} networks would decide it at 80% power"
     return verdict, reason, c

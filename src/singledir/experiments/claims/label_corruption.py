@@ -116,6 +116,7 @@ def trend_rule(p, auc, *, fit: bool = True, bound: float = BOUND, n_perm: int = 
 
 def _ablation_part(name: str, runs: pd.DataFrame, auc_col: str) -> Part:
     verdict, reason, numbers = trend_rule(runs["corrupt"], runs[auc_col], fit=bool(runs["target_reached"].all()))
+    verdicts.decided(verdict, numbers.get("power"))
     label = auc_col.replace("_", " ")
     text = (f"{fmt_corr(numbers, f'({label}, corruption)')}; isotonic trend "
             f"p = {fmt_p(numbers['trend_down']['p'])}; {power.fmt_power(numbers['power'])}")

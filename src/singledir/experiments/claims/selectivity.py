@@ -55,6 +55,7 @@ def equivalence_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, d
     verdict, reason = verdicts.equivalence_verdict(c["ci_low"], c["ci_high"], bound)
     c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="equivalence", bound=bound,
                                                     k=c.get("k", 0))
+    verdicts.decided(verdict, c.get("power"))
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} units would decide it at 80% power"
     return verdict, reason, c
@@ -67,6 +68,7 @@ def negative_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, dict
     verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
     c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=-1, bound=bound,
                                                     k=c.get("k", 0))
+    verdicts.decided(verdict, c.get("power"))
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} units would decide it at 80% power"
     return verdict, reason, c

@@ -55,6 +55,7 @@ def dynamics_rule(nauc, test_loss, *, bound: float = BOUND) -> tuple[str, str, d
         return verdicts.INCONCLUSIVE, f"too few checkpoints (n={c['n']} < 5)", c
     verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
     c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=-1, bound=bound)
+    verdicts.decided(verdict, c.get("power"))
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} checkpoints would decide it at 80% power"
     return verdict, reason, c
