@@ -127,6 +127,7 @@ def run(ctx: Context) -> ClaimResult:
     notes = [f"{int(units['dead'].sum())} dead feature maps (never active) left out of the distributions."]
     if not fit:
         notes.append(f"{int((~runs['target_reached']).sum())} network(s) stopped at the epoch cap before the target.")
-    key = "; ".join(f"{p.name}: {p.verdict}" for p in parts if p.in_verdict)
+    key = "; ".join(f"{p.name}: {p.numbers.get('mean_a', float('nan')):.3g} with vs {p.numbers.get('mean_b', float('nan')):.3g} "
+                    f"without batch norm, p = {fmt_p(p.numbers.get('p'))} ({p.verdict})" for p in parts if p.in_verdict)
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, s, ctx.figures,
                        {"networks": runs, "selectivity per depth": by_depth}, {}, notes, runs=ctx.runs)

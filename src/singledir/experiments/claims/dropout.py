@@ -16,6 +16,7 @@ import pandas as pd
 from singledir.analysis import jobs
 from singledir.experiments import verdicts
 from singledir.stats import power
+from singledir.reporting.formatting import fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves
 
@@ -121,6 +122,8 @@ def run(ctx: Context) -> ClaimResult:
     verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     if not reached:
         reason += "; some memorizing networks did not reach the training target"
-    key = f"{sum(p.verdict == verdicts.REPRODUCED for p in parts)}/{len(parts)} parts reproduced"
+    key = (f"{sum(p.verdict == verdicts.REPRODUCED for p in parts)}/{len(parts)} parts reproduced: "
+           + "; ".join(f"{p.name} {p.numbers.get('mean_a', float('nan')):+.3f} vs {p.numbers.get('mean_b', float('nan')):+.3f} "
+                       f"without dropout, p = {fmt_p(p.numbers.get('p'))}" for p in parts if p.in_verdict))
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, s, ctx.figures,
                        {"memorizing networks": pd.DataFrame(rows), "networks": runs}, {}, [], runs=ctx.runs)
