@@ -114,6 +114,13 @@ def trend_rule(p, auc, *, fit: bool = True, bound: float = BOUND, n_perm: int = 
                                 f"{power.fmt_power(pw)}"), numbers
 
 
+def _auc_vs_p(ctx: Context, runs: pd.DataFrame, kind: str, name: str) -> None:
+    ctx.figure(plot_scatter(runs, "corrupt", "auc", xlabel="fraction of labels corrupted (p)",
+                            ylabel="ablation AUC (training data)", title=f"{kind}: AUC vs label corruption"),
+               name, f"Area under each {kind}'s ablation curve against its corruption fraction (the "
+               f"'{kind} ablation' part of the verdict).")
+
+
 def _ablation_part(name: str, runs: pd.DataFrame, auc_col: str) -> Part:
     verdict, reason, numbers = trend_rule(runs["corrupt"], runs[auc_col], fit=bool(runs["target_reached"].all()))
     verdicts.decided(verdict, numbers.get("power"))
@@ -152,9 +159,7 @@ def run(ctx: Context) -> ClaimResult:
                "mlp-noise", "Training accuracy when zero-mean Gaussian noise with std = scale x each unit's "
                "training std is added to every unit of both hidden layers; mean +- std over noise draws. "
                "Paper Fig. 2.")
-    ctx.figure(plot_scatter(mlp_runs, "corrupt", "auc", xlabel="fraction of labels corrupted (p)",
-                            ylabel="ablation AUC (training data)", title="MLP: AUC vs label corruption"),
-               "auc-vs-p", "Area under each network's ablation curve against its corruption fraction.")
+    _auc_vs_p(ctx, mlp_runs, "MLP", "auc-vs-p")
 
     # ---- the independent replication's numbers, next to ours
     tables["Reference comparison"] = _reference_table(mlp_runs, curves, noise_curves)
@@ -177,9 +182,7 @@ def run(ctx: Context) -> ClaimResult:
                                title=f"ConvNet (width x{conv['train'].get('width_mult', 1):g}): ablation"),
                    "convnet-ablation", f"As the MLP figure, for the 11-layer ConvNet; feature maps of the "
                    f"{conv['ablation']['layers']} unit layers pooled.")
-        ctx.figure(plot_scatter(conv_runs, "corrupt", "auc", xlabel="fraction of labels corrupted (p)",
-                                ylabel="ablation AUC (training data)", title="ConvNet: AUC vs label corruption"),
-                   "convnet-auc-vs-p", "As the MLP AUC-vs-p figure, for the ConvNets (the 'ConvNet ablation' part).")
+        _auc_vs_p(ctx, conv_runs, "ConvNet", "convnet-auc-vs-p")
         missed = int((~conv_runs["target_reached"]).sum())
         if missed:
             notes.append(f"{missed} ConvNet(s) stopped at the epoch cap before the training-accuracy target.")
