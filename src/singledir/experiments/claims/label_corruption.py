@@ -114,6 +114,9 @@ def trend_rule(p, auc, *, fit: bool = True, bound: float = BOUND, n_perm: int = 
                                 f"{power.fmt_power(pw)}"), numbers
 
 
+P_LEGEND = "fraction of labels corrupted (p)"  # the legend title of the figures grouped by p
+
+
 def _auc_vs_p(ctx: Context, runs: pd.DataFrame, kind: str, name: str) -> None:
     ctx.figure(plot_scatter(runs, "corrupt", "auc", xlabel="fraction of labels corrupted (p)",
                             ylabel="ablation AUC (training data)", title=f"{kind}: AUC vs label corruption"),
@@ -147,14 +150,14 @@ def run(ctx: Context) -> ClaimResult:
     tables["MLP networks"] = mlp_runs
 
     curves = pd.concat([a["curves"].assign(p=p) for a, p in zip(abl, mlp_runs["corrupt"])])
-    ctx.figure(plot_curves(curves, "fraction", "accuracy", group="p",
+    ctx.figure(plot_curves(curves.rename(columns={"p": P_LEGEND}), "fraction", "accuracy", group=P_LEGEND,
                            ylabel="training accuracy (run's labels)",
                            title=f"MLP {s['train']['width']}x2: cumulative ablation"),
                "mlp-ablation", "Training accuracy (on each network's own, corrupted, labels) as more and more "
                "units of both hidden layers are ablated (zeroed) in random order; mean +- std over orders "
                "(and seeds), one line per corruption fraction p. Paper Fig. 1.")
     noise_curves = pd.concat([n["curves"].assign(p=p) for n, p in zip(nz, mlp_runs["corrupt"])])
-    ctx.figure(plot_curves(noise_curves, "scale", "accuracy", group="p", logx=True,
+    ctx.figure(plot_curves(noise_curves.rename(columns={"p": P_LEGEND}), "scale", "accuracy", group=P_LEGEND, logx=True,
                            ylabel="training accuracy (run's labels)", title="MLP: Gaussian noise on all units"),
                "mlp-noise", "Training accuracy when zero-mean Gaussian noise with std = scale x each unit's "
                "training std is added to every unit of both hidden layers; mean +- std over noise draws. "
@@ -177,7 +180,7 @@ def run(ctx: Context) -> ClaimResult:
         parts.append(_ablation_part("ConvNet ablation", conv_runs, "auc"))
         tables["ConvNet networks"] = conv_runs
         ccurves = pd.concat([a["curves"].assign(p=p) for a, p in zip(cabl, conv_runs["corrupt"])])
-        ctx.figure(plot_curves(ccurves, "fraction", "accuracy", group="p",
+        ctx.figure(plot_curves(ccurves.rename(columns={"p": P_LEGEND}), "fraction", "accuracy", group=P_LEGEND,
                                ylabel="training accuracy (run's labels)",
                                title=f"ConvNet (width x{conv['train'].get('width_mult', 1):g}): ablation"),
                    "convnet-ablation", f"As the MLP figure, for the 11-layer ConvNet; feature maps of the "
