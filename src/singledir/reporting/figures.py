@@ -426,7 +426,8 @@ def save_figure(
             metadata = {"Date": None} if fmt in ("svg", "pdf") else None
             buf = io.BytesIO()
             with mpl.rc_context({"svg.hashsalt": "singledir"}):
-                fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)
+                # tight: a legend placed below the axes or a long title is never cut off
+                fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata, bbox_inches="tight")
             written.append(atomic_write_bytes(final, buf.getvalue()))
     finally:
         _close(fig)

@@ -134,7 +134,10 @@ def run(ctx: Context) -> ClaimResult:
     for kind in nets:
         sub = units[(units["network"] == kind) & ~units["dead"].astype(bool)]
         for measure in ("selectivity", "mutual_info"):
-            ctx.figure(plot_scatter(sub, measure, "accuracy_drop", group="layer", title=f"{kind}: {measure} vs importance"),
+            named = sub.sort_values("depth", kind="stable")
+            named = named.assign(**{"layer (by depth)": [f"{int(d):02d}: {n}" for d, n in zip(named["depth"], named["layer"])]})
+            ctx.figure(plot_scatter(named, measure, "accuracy_drop", group="layer (by depth)",
+                                    title=f"{kind}: {measure} vs importance"),
                        f"{kind.lower()}-{measure.replace('_', '-')}",
                        f"Each point is one live unit of the {kind}; x: its {measure.replace('_', ' ')} (test set), y: "
                        f"the test accuracy lost when it alone is ablated. Spearman rho per layer in the legend; its title the "
