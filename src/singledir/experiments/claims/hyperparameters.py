@@ -85,14 +85,14 @@ def run(ctx: Context) -> ClaimResult:
         Part("nAUC vs train accuracy (the confound)", verdicts.INCONCLUSIVE, "descriptive (not in the verdict)",
              fmt_corr(c_fit, "(nAUC, train acc)"), c_fit, in_verdict=False),
     ]
-    runs["setting"] = [f"lr={lr:g}, bs={bs}" for lr, bs in zip(runs["lr"], runs["batch_size"])]
-    ctx.figure(plot_scatter(runs, "nauc", "test_acc", group="setting", annotate_rho=False,
+    ctx.figure(plot_scatter(runs.rename(columns={"lr": "learning rate", "batch_size": "batch size"}), "nauc",
+                            "test_acc", group="learning rate", marker_by="batch size", annotate_rho=False,
                             xlabel="normalized ablation AUC (training data)", ylabel="test accuracy",
                             title="lr x batch-size grid",
                             pooled=f"verdict: partial rho(nAUC, test acc | train acc) = {cp['rho']:.2f} "
                                    f"{fmt_ci(cp)}, n = {cp['n']}"),
-               "auc-vs-test", "Each point is one network of the learning-rate x batch-size grid (colour: "
-               "setting; several seeds each). Paper Fig. 4 (hyperparameter panel).")
+               "auc-vs-test", "Each point is one network of the learning-rate x batch-size grid (colour: learning "
+               "rate; marker: batch size; several seeds each). Paper Fig. 4 (hyperparameter panel).")
     table = runs.groupby(["lr", "batch_size"], as_index=False)[["test_acc", "train_acc", "epochs", "nauc", "auc"]].mean()
 
     verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
