@@ -78,7 +78,8 @@ def _error_result(name: str, settings: dict, err: BaseException, ctx: Context) -
     module = importlib.import_module(CLAIMS[name])
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     return ClaimResult(name, module.TITLE, module.STATEMENT, module.RULE, verdicts.ERROR,
-                       f"the experiment raised {type(err).__name__}: {err} (traceback below)", "error", [], settings,
+                       f"the experiment raised {type(err).__name__}: {err} (traceback below)",
+                       f"error: {type(err).__name__}: {err}", [], settings,
                        ctx.figures,
                        notes=[tb], runs=ctx.runs, error=f"{type(err).__name__}: {err}")
 

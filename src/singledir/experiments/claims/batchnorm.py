@@ -109,16 +109,19 @@ def run(ctx: Context) -> ClaimResult:
 
     # ---- figures: Fig 5b (ablation curves) and Fig 6 (distributions)
     curves = pd.concat([x["curves"].assign(bn=label[bn]) for x, (bn, _) in zip(abl, keys)])
-    ctx.figure(plot_curves(curves.rename(columns={"bn": "network"}), "fraction", "accuracy", group="network", ylabel="test accuracy",
+    ctx.figure(plot_curves(curves.rename(columns={"bn": "condition"}), "fraction", "accuracy", group="condition",
+                           ylabel="test accuracy",
                            title="ConvNets with and without batch norm"),
                "ablation", f"Cumulative ablation (test data, feature maps of the {s['ablation']['layers']} unit "
                f"layers) of {len(s['seeds'])} ConvNets per condition; mean +- std over networks and orders. "
                f"Paper Fig. 5b.")
-    ctx.figure(plot_histogram(live.rename(columns={"bn": "network"}), "selectivity", group="network", bins=20, range=(0, 1), density=True,
+    ctx.figure(plot_histogram(live.rename(columns={"bn": "condition"}), "selectivity", group="condition", bins=20,
+                              range=(0, 1), density=True,
                               title="Class selectivity of feature maps"),
                "selectivity", "Class selectivity index of every live feature map (all conv layers, all "
                "networks, test set). Paper Fig. 6.")
-    ctx.figure(plot_histogram(live.rename(columns={"bn": "network"}), "mutual_info", group="network", bins=20, density=True,
+    ctx.figure(plot_histogram(live.rename(columns={"bn": "condition"}), "mutual_info", group="condition", bins=20,
+                              density=True,
                               title="Mutual information of feature maps"),
                "mutual-info", "Mutual information between each feature map's activity and the class (bits). "
                "Paper Fig. 6.")
