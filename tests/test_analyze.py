@@ -180,21 +180,69 @@ def test_device_is_checked_once_with_a_clear_error(run_dir, tmp_path, capsys, mo
 
 
 def test_analysis_runs_on_the_device_asked_for(run_dir, monkeypatch):
-    """The model handed to the measurements is on the requested device, and a given Run's model is not moved."""
+    """The model handed to the measurements is on the requested device, and a given Run's model is not moved.
+
+    A second device is simulated with "meta" (the model's tensors have no data there), so a device
+    argument that were ignored would leave the model on the CPU and fail the test."""
+    import singledir.devices as devices
+    import singledir.training.rundir as rundir
     from singledir.training import load_run
 
+    class Reached(Exception):
+        pass
+
     seen = []
-    real = analysis.analyze
 
     def spy(model, *a, **k):
         seen.append(next(model.parameters()).device)
-        return real(model, *a, **k)
+        raise Reached
 
     monkeypatch.setattr(analysis, "analyze", spy)
-    res = analysis.analyze_run(run_dir, orders=1, noise=False, max_examples=60, n_boot=10, progress=False,
-                               device="cpu")
-    assert seen == [torch.device("cpu")] and res.summary["settings"]["device"] == "cpu"
+    for module in (devices, rundir):
+        monkeypatch.setattr(module, "resolve_device", lambda name: torch.device(name))
+    with pytest.raises(Reached):
+        analysis.analyze_run(run_dir, orders=1, noise=False, max_examples=60, progress=False, device="meta")
+    assert seen == [torch.device("meta")]
     run = load_run(run_dir)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
-    analysis.analyze_run(run, orders=1, noise=False, max_examples=60, n_boot=10, progress=False, device="cpu")
+    with pytest.raises(Reached):
+        analysis.analyze_run(run, orders=1, noise=False, max_examples=60, progress=False, device="meta")
+    assert seen[-1] == torch.device("meta") and next(run.model.parameters()).device == torch.device("cpu")
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------- one per-run analysis
+def test_analyze_and_the_claims_jobs_share_one_unit_table_and_one_noise_grid(monkeypatch):
+    import singledir as sd
+    from singledir.analysis import jobs
+    from singledir.experiments.presets import NOISE_SCALES
+    from singledir.reliance.noise import DEFAULT_SCALES
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 4, 4), 3, width=6, seed=0)
+    x = torch.randn(90, 1, 4, 4)
+    y = torch.arange(90) % 3
+    res = analysis.analyze(model, (x, y), (x, y), orders=2, noise_repeats=1, n_boot=20, progress=False)
+    pd.testing.assert_frame_equal(res.units, jobs.unit_table(model, (x, y), res.summary["settings"]["layers"],
+                                                             stats_data=(x, y)))
+    # one default noise grid: analyze, the claims' noise job and the presets
+    assert np.allclose(res.summary["settings"]["noise_scales"], DEFAULT_SCALES)
+    assert np.allclose(NOISE_SCALES, DEFAULT_SCALES)
+    # one name per noise area: the base-normalized area is NoiseResult.auc()'s normalized_auc
+    per = pd.DataFrame(res.summary["noise"]["per_repeat"])
+    assert {"noise_auc", "noise_auc_range_normalized", "noise_auc_base_normalized"} <= set(per.columns)
+    assert per["noise_auc_base_normalized"].mean() == pytest.approx(res.summary["noise"]["auc"][0]["normalized_auc_mean"])
+
+    real = sd.unit_importance
+    monkeypatch.setattr(sd, "unit_importance", lambda *a, **k: real(*a, **k).iloc[1:])  # a unit lost: a bug
+    with pytest.raises(SingledirError, match="different units"):
+        jobs.unit_table(model, (x, y), ["hidden.0"])
+
+
+def test_noise_job_defaults_to_the_one_grid(run_dir):
+    from singledir.analysis import jobs
+    from singledir.reliance.noise import DEFAULT_SCALES
+
+    out = jobs.noise(run_dir, examples=60, repeats=1)
+    assert np.allclose(sorted(out["curves"]["scale"].unique()), DEFAULT_SCALES)
+    assert {"noise_auc", "noise_auc_range_normalized", "noise_auc_base_normalized"} <= set(out["auc"].columns)

@@ -13,6 +13,7 @@ from singledir.cli import main
 from singledir.experiments import presets
 from singledir.experiments.claims import batchnorm, dropout, ensemble, hyperparameters, label_corruption
 from singledir.experiments.claims import selectivity, training_dynamics
+from singledir.stats import power
 
 R, N, I = "reproduced", "not reproduced", "inconclusive"
 P12 = np.repeat([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], 2)
@@ -153,3 +154,29 @@ def test_seed_offset_is_applied_and_recorded(tmp_path):
     assert sorted(r["config"]["seed"] for r in doc["runs"].values()) == want
     assert any("seed offset 7" in n for n in doc["preset_notes"])
     assert "seed offset 7" in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------- how stable is a verdict
+def test_correlation_stability_margin_and_replication_share():
+    from singledir.experiments import verdicts
+
+    far = verdicts.correlation_stability(0.8, 60, rule="directional", sign=1, bound=0.3)
+    assert far["margin"] > 0.5 and far["same_verdict_share"] > 0.99 and "reproduced" in far["text"]
+    # an interval end right on its threshold: about half the replications decide the other way
+    lo_at_zero = 1.96 * (1 + 0.26 ** 2 / 2) ** 0.5 / 57 ** 0.5  # rho whose lower Fisher-z end is ~0 at n = 60
+    edge = verdicts.correlation_stability(float(np.tanh(lo_at_zero)), 60, rule="directional", sign=1, bound=0.3)
+    assert abs(edge["margin"]) < 0.02 and 0.3 < edge["same_verdict_share"] < 0.7
+    null = verdicts.correlation_stability(0.0, 2000, rule="equivalence", bound=0.3)
+    assert null["margin"] > 0.2 and null["same_verdict_share"] == 1.0
+    assert verdicts.interval_margin(-0.004, 0.01, reproduced_if_low_above=-0.01, not_if_high_below=-0.01)["margin"] \
+        == pytest.approx(0.006)
+    assert verdicts.p_margin(0.01)["margin"] == pytest.approx(0.04)
+
+
+def test_n_to_decide_is_reported_only_while_a_part_is_undecided():
+    rng = np.random.default_rng(0)
+    x = np.arange(40.0)
+    v, _, c = ensemble.correlation_rule(x, x + rng.normal(0, 1, 40), +1)  # clearly decided
+    assert v == "reproduced" and "n_to_decide" not in c["power"] and "would decide" not in power.fmt_power(c["power"])
+    v, _, c = ensemble.correlation_rule(x[:8], rng.normal(0, 1, 8), +1)  # too few to decide
+    assert v == "inconclusive" and c["power"].get("n_to_decide")

@@ -117,3 +117,33 @@ def test_save_figure_rejects_unknown_format_and_still_closes(tmp_path):
     with pytest.raises(SingledirError, match="formats"):
         save_figure(fig, tmp_path / "x", formats=("jpg",))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scatter_with_groups_states_the_within_group_rho_not_the_plain_pooled_one():
+    import matplotlib.pyplot as plt
+
+    from singledir.reporting.figures import plot_scatter
+
+    # within each layer y rises with x, but the layer with larger x has smaller y: plain rho < 0
+    df = pd.DataFrame({"x": [0, 1, 2, 3, 10, 11, 12, 13], "y": [10, 11, 12, 13, 0, 1, 2, 3],
+                       "layer": ["a"] * 4 + ["b"] * 4})
+    fig = plot_scatter(df, "x", "y", group="layer")
+    title = fig.axes[0].get_legend().get_title().get_text()
+    plt.close(fig)
+    assert "within-layer pooled" in title and "+1.00" in title
+    fig = plot_scatter(df, "x", "y", group="layer", pooled="verdict: rho = 0.12")
+    assert "verdict: rho = 0.12" in fig.axes[0].get_legend().get_title().get_text()
+    plt.close(fig)
+
+
+def test_scatter_marks_a_second_column_by_marker_shape():
+    import matplotlib.pyplot as plt
+
+    from singledir.reporting.figures import plot_scatter
+
+    df = pd.DataFrame({"x": [0.1, 0.2, 0.3, 0.4], "y": [1, 2, 3, 4], "lr": [0.1, 0.1, 0.01, 0.01],
+                       "bs": [32, 128, 32, 128]})
+    fig = plot_scatter(df, "x", "y", group="lr", marker_by="bs", annotate_rho=False)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    assert labels == ["0.01", "0.1", "bs = 32", "bs = 128"]

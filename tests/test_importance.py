@@ -33,6 +33,35 @@ def _manual(model, x, y, layer, spec):
     return acc, float(torch.nn.functional.cross_entropy(logits.double(), y))
 
 
+def _by_weights(model, x, y, layer, unit):
+    """Ablate a unit without the package: zero the weights that read it (its column in the next Linear).
+
+    For a post-ReLU unit of an MLP without batch norm this is the same network as clamping it to 0; the
+    accuracy and loss are computed here with plain torch, so the test does not reuse the code's formula."""
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    nxt = m.hidden[1][0] if layer == "hidden.0" else m.out
+    with torch.no_grad():
+        nxt.weight[:, unit] = 0.0
+        logits = m(x)
+    return (logits.argmax(1) == y).double().mean().item(), torch.nn.functional.cross_entropy(logits.double(), y).item()
+
+
+def test_accuracy_drop_matches_an_independent_weight_edit(trained):
+    model, (x, y) = trained
+    imp = sd.unit_importance(model, (x, y), LAYERS, progress=False)
+    with torch.no_grad():
+        logits = model.eval()(x)
+    base_acc = (logits.argmax(1) == y).double().mean().item()
+    base_loss = torch.nn.functional.cross_entropy(logits.double(), y).item()
+    for layer, unit in [("hidden.0", 3), ("hidden.0", 11), ("hidden.1", 7), ("hidden.1", 15)]:
+        row = imp[(imp.layer == layer) & (imp.unit == unit)].iloc[0]
+        acc, loss = _by_weights(model, x, y, layer, unit)
+        assert row.accuracy_drop == pytest.approx(base_acc - acc, abs=1e-12)
+        assert row.loss_increase == pytest.approx(loss - base_loss, abs=1e-5)
+
+
 def test_table_matches_hand_ablation(trained):
     model, (x, y) = trained
     snap = snapshot(model)

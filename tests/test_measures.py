@@ -312,3 +312,35 @@ def test_measure_all_on_a_batchnorm_convnet():
     others = df.drop(index=over)
     assert others.error.isna().all(), others.error.dropna().to_dict()
     assert np.isfinite(others.complexity).all()
+
+
+def test_measure_all_lets_a_bug_propagate_instead_of_a_missing_cell(monkeypatch):
+    from singledir.measures import compute
+
+    def typo(ctx):
+        raise NameError("name 'fold_batchnrom' is not defined")
+
+    monkeypatch.setitem(compute._GROUPS, "norms", typo)
+    with pytest.raises(NameError, match="fold_batchnrom"):
+        measure_all(_mlp(width=6), _data(40), settings=SMALL, names=["log_prod_frobenius"])
+
+
+def test_measure_all_restores_every_submodule_training_flag():
+    m = build_model("mlp", (1, 1, 3), 3, width=6, depth=2, dropout=0.5, seed=0)
+    m.train()
+    frozen = next(mod for mod in m.modules() if isinstance(mod, nn.Dropout))
+    frozen.eval()  # mixed modes: the top module trains, one submodule does not
+    before = [(name, mod.training) for name, mod in m.named_modules()]
+    measure_all(m, _data(40), settings=SMALL, names=["margin_p10", "reliance_ablation_auc"])
+    assert [(name, mod.training) for name, mod in m.named_modules()] == before
+
+
+def test_measure_all_device_argument_keeps_the_model_where_it_is():
+    m = _mlp(width=6)
+    x, y = _data(60)
+    on_cpu = measure_all(m, (x, y), settings=SMALL, names=["margin_p10", "log_prod_frobenius"], device="cpu")
+    default = measure_all(m, (x, y), settings=SMALL, names=["margin_p10", "log_prod_frobenius"])
+    pd.testing.assert_frame_equal(on_cpu.drop(columns="seconds"), default.drop(columns="seconds"))
+    assert next(m.parameters()).device.type == "cpu"
+    with pytest.raises(SingledirError):
+        measure_all(m, (x, y), settings=SMALL, names=["margin_p10"], device="no-such-device")

@@ -213,3 +213,17 @@ def test_module_docstrings():
 
     for mod in (pkg, _common, mlp, convnet, resnet):
         assert mod.__doc__ and mod.__doc__.strip().splitlines()[0].strip()
+
+
+def test_unit_counts_restores_every_submodule_training_flag():
+    from torch import nn as _nn
+
+    from singledir.models import build_model, unit_counts
+
+    m = build_model("mlp", (1, 1, 3), 3, width=6, depth=2, dropout=0.5, seed=0)
+    m.train()
+    next(mod for mod in m.modules() if isinstance(mod, _nn.Dropout)).eval()
+    before = [(name, mod.training) for name, mod in m.named_modules()]
+    counts = unit_counts(m)
+    assert len(counts) == 2 and set(counts.values()) == {6}
+    assert [(name, mod.training) for name, mod in m.named_modules()] == before

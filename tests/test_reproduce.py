@@ -13,7 +13,8 @@ import pytest
 
 from singledir import stats
 from singledir.cli import main
-from singledir.experiments import CLAIMS, jobs, verdicts
+from singledir.analysis import jobs
+from singledir.experiments import CLAIMS, verdicts
 from singledir.experiments.runner import run_name
 
 VERDICTS = {"reproduced", "not reproduced", "inconclusive"}
@@ -57,6 +58,29 @@ def check_report_structure(smoke):
         assert key in doc, key
     assert doc["complete"] and doc["preset"] == "smoke" and doc["errors"] == []
     assert doc["code"]["singledir"] and "torch" in doc["machine"]
+    # every interval names its method, and the header lists the methods that appear
+    missing = []
+
+    def walk(obj, where):
+        if isinstance(obj, dict):
+            if "ci_low" in obj and "ci_method" not in obj:
+                missing.append(where)
+            for k, v in obj.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+
+    walk(doc["claims"], "claims")
+    assert not missing, missing[:5]
+    assert "Fisher z" in doc["statistics"]["interval_methods"]
+    assert "percentile bootstrap" in doc["statistics"]["interval_methods"]
+    assert "interval methods" in (smoke / "index.html").read_text()
+    # every decided claim says how stable its verdict is
+    for name, claim in doc["claims"].items():
+        if claim["verdict"] in verdicts.VERDICTS:
+            assert claim["stability"], name
+    assert "How stable is this verdict" in (smoke / "index.html").read_text()
     assert [s["claim"] for s in doc["summary"]] == list(CLAIMS)
     for name, claim in doc["claims"].items():
         assert claim["verdict"] in VERDICTS, name
@@ -76,21 +100,44 @@ def check_report_structure(smoke):
     for name, claim in doc["claims"].items():
         start = page.index(f"<section class='claim' id='{name}'>")
         section = page[start:page.index("</section>", start)]
-        assert f">{claim['verdict']}</span>" in section and "Rule (declared before the results)" in section
+        assert f">{claim['verdict']}</span>" in section and "Rule (fixed in the code before this run)" in section
     md = (smoke / "report.md").read_text()
     assert "## Summary" in md and all(f"## {name}:" in md for name in CLAIMS)
     assert "figures/label-corruption-mlp-ablation.png" in md
 
 
 # ---------------------------------------------------------------------------- numbers are recomputable
+def _spearman_scipy(x, y) -> tuple[float, float, float]:
+    """rho and p recomputed without singledir.stats: scipy's rho; p under the report's rule (exact
+    permutation for n <= 8 done here by brute force, scipy's permutation test up to 10, scipy's t above),
+    with the tolerance each p allows (0 for exact ones, Monte Carlo error for random permutations)."""
+    import itertools
+
+    from scipy import stats as sps
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    rho = float(sps.spearmanr(x, y).statistic)
+    n = len(x)
+    if n > 10:
+        return rho, float(sps.spearmanr(x, y).pvalue), 1e-12
+    rx, ry = sps.rankdata(x), sps.rankdata(y)
+    if n <= 8:
+        perms = np.array(list(itertools.permutations(range(n))))
+        vals = np.array([np.corrcoef(rx, ry[p])[0, 1] for p in perms])
+        return rho, float(np.mean(np.abs(vals) >= abs(rho) - 1e-12)), 1e-12
+    res = sps.permutation_test((ry,), lambda v: sps.spearmanr(rx, v).statistic, permutation_type="pairings",
+                               n_resamples=20000, random_state=1)
+    return rho, float(res.pvalue), 0.02
+
+
 def check_label_corruption_numbers_recompute_from_runs(smoke):
     doc = _results(smoke)
     claim = doc["claims"]["label-corruption"]
     nets = _table(doc, "label-corruption", "MLP networks")
     # the verdict's correlation, from the per-run values
-    corr = stats.spearman(nets["corrupt"], nets["auc"])
+    rho, p, tol = _spearman_scipy(nets["corrupt"], nets["auc"])
     part = _part(doc, "label-corruption", "MLP ablation")["numbers"]
-    assert corr["rho"] == pytest.approx(part["rho"]) and corr["p"] == pytest.approx(part["p"])
+    assert rho == pytest.approx(part["rho"]) and p == pytest.approx(part["p"], abs=tol)
     # a per-run value, from the stored run (reloaded and ablated again, bypassing the cache)
     row = nets.iloc[-1]
     again = jobs.ablation(smoke / "runs" / row["run"], split="train", **claim["settings"]["ablation"])
@@ -106,13 +153,13 @@ def check_label_corruption_numbers_recompute_from_runs(smoke):
 def check_other_claims_numbers_recompute(smoke):
     doc = _results(smoke)
     ens = _table(doc, "ensemble", "networks")
-    c = stats.spearman(ens["nauc"], ens["test_acc"])
-    assert c["rho"] == pytest.approx(_part(doc, "ensemble", "AUC vs test accuracy")["numbers"]["rho"])
+    rho, _, _ = _spearman_scipy(ens["nauc"], ens["test_acc"])
+    assert rho == pytest.approx(_part(doc, "ensemble", "AUC vs test accuracy")["numbers"]["rho"])
     assert np.allclose(ens["gap"], ens["train_acc"] - ens["test_acc"])
 
     grid = _table(doc, "hyperparameters", "networks")
-    c = stats.spearman(grid["nauc"], grid["test_acc"])
-    assert c["p"] == pytest.approx(_part(doc, "hyperparameters", "nAUC vs test accuracy")["numbers"]["p"])
+    _, p, tol = _spearman_scipy(grid["nauc"], grid["test_acc"])
+    assert p == pytest.approx(_part(doc, "hyperparameters", "nAUC vs test accuracy")["numbers"]["p"], abs=tol)
 
     ckpt = _table(doc, "training-dynamics", "checkpoints")
     from singledir.training import load_run
@@ -120,12 +167,14 @@ def check_other_claims_numbers_recompute(smoke):
     for row in _table(doc, "training-dynamics", "per network").to_dict("records"):
         hist = load_run(smoke / "runs" / row["run"]).history.set_index("epoch")
         a = ckpt[ckpt["run"] == row["run"]]
-        c = stats.spearman(a["auc"], hist.loc[a["epoch"], "test_loss"])
-        assert c["rho"] == pytest.approx(row["rho"])
+        rho, _, _ = _spearman_scipy(a["auc"], hist.loc[a["epoch"], "test_loss"])
+        assert rho == pytest.approx(row["rho"])
 
     bn = _table(doc, "batchnorm", "networks")
-    mw = stats.mann_whitney(bn.loc[bn["batchnorm"], "nauc"], bn.loc[~bn["batchnorm"], "nauc"])
-    assert mw["p"] == pytest.approx(_part(doc, "batchnorm", "ablation robustness")["numbers"]["p"])
+    from scipy import stats as sps
+
+    mw = sps.mannwhitneyu(bn.loc[bn["batchnorm"], "nauc"], bn.loc[~bn["batchnorm"], "nauc"], alternative="two-sided")
+    assert mw.pvalue == pytest.approx(_part(doc, "batchnorm", "ablation robustness")["numbers"]["p"])
 
 
 # ---------------------------------------------------------------------------- cache / interruption
@@ -176,6 +225,37 @@ def test_bad_jobs_is_a_usage_error(capsys, tmp_path):
         main(["reproduce", "--jobs", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "--jobs must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_claim_that_raises_is_an_error_with_its_traceback_and_exit_1(tmp_path, monkeypatch):
+    import importlib
+
+    def boom(ctx):
+        raise ZeroDivisionError("a bug in the claim")
+
+    monkeypatch.setattr(importlib.import_module(CLAIMS["ensemble"]), "run", boom)
+    out = tmp_path / "rep"
+    assert _reproduce(out, "ensemble") == 1
+    doc = _results(out)
+    claim = doc["claims"]["ensemble"]
+    assert claim["verdict"] == verdicts.ERROR == "error" and doc["summary"][0]["verdict"] == "error"
+    assert claim["verdict"] not in verdicts.VERDICTS
+    assert doc["errors"] and "ZeroDivisionError" in doc["errors"][0]
+    page = (out / "index.html").read_text()
+    assert "Traceback (most recent call last)" in page and "a bug in the claim" in page
+    assert "Traceback (most recent call last)" in (out / "report.md").read_text()
+
+
+def test_a_claim_that_does_not_apply_is_skipped_not_inconclusive(tmp_path):
+    import importlib
+
+    from singledir.experiments.context import Context
+
+    ctx = Context("batchnorm", "smoke", {"skip": "the ConvNets of this claim need image inputs"}, None,
+                  tmp_path, progress=False)
+    result = importlib.import_module(CLAIMS["batchnorm"]).run(ctx)
+    assert result.verdict == verdicts.SKIPPED == "skipped"
+    assert "image inputs" in result.reason
 
 
 def test_run_names_are_deterministic_and_complete():
@@ -242,3 +322,40 @@ def test_device_reaches_the_per_run_jobs_and_is_checked_first(tmp_path, monkeypa
 
 def _record_device(run_dir, *, tag, device="not given"):
     return {"device": pd.DataFrame({"device": [device]})}
+
+
+def test_report_opening_defines_every_rule_kind_the_claims_use_and_rules_carry_no_history():
+    import importlib
+
+    from singledir.reporting.report import render_html, render_markdown
+
+    for name, mod in CLAIMS.items():
+        rule = importlib.import_module(mod).RULE
+        assert "Changed after" not in rule and "changed after" not in rule, name  # history is kept apart
+    claim = {"title": "t", "statement": "s", "rule": "r", "rule_history": "Changed after a run X.",
+             "verdict": "not reproduced", "reason": "why", "parts": [], "figures": []}
+    doc = {"preset": "smoke", "claims": {"ensemble": claim}, "summary": []}
+    page, md = render_html(Path("."), doc), render_markdown(doc)
+    for text in (page, md):
+        assert "excludes every rho of at least 0.3" in text  # not reproduced by the equivalence bound
+        assert "inside (-0.3, 0.3)" in text  # the no-effect claims
+        assert "significant the other way" in text
+        assert "Rule history" in text and "Changed after a run X." in text
+        assert "declared before the results" not in text
+
+
+def test_report_tables_put_key_columns_first_fold_long_ones_and_keep_pipes():
+    from singledir.reporting.report import render_html, render_markdown
+
+    rows = [{"run": f"mlp-fashion-w128-p0-s{i}-abcdef1234", "train_seconds": 1.0, "seed": i, "nauc": 0.5,
+             "test_acc": 0.9} for i in range(20)]
+    claim = {"title": "t", "statement": "s", "rule": "r", "verdict": "reproduced", "reason": "why", "parts": [],
+             "figures": [], "tables": {"networks": rows}}
+    doc = {"preset": "smoke", "claims": {"ensemble": claim},
+           "summary": [{"claim": "ensemble", "title": "t", "verdict": "reproduced",
+                        "key_statistic": "partial rho(a, b | c) = 0.1", "wall_seconds": 1.0}]}
+    page, md = render_html(Path("."), doc), render_markdown(doc)
+    head = page[page.index("<h3>networks</h3>"):]
+    assert head.index("<th>seed</th>") < head.index("<th>nauc</th>") < head.index("<th>run</th>")
+    assert "<details><summary>20 rows" in head and "class=\"id\"" in head
+    assert "partial rho(a, b \\| c)" in md and "(a, b / c)" not in md

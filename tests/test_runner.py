@@ -39,7 +39,7 @@ def _calls(log: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- analysis cache key
-def test_analysis_cache_is_keyed_on_the_code_version(tmp_path, monkeypatch):
+def test_analysis_cache_is_keyed_on_the_measurement_code_and_the_device(tmp_path, monkeypatch):
     log = tmp_path / "calls.jsonl"
     r = Runner(tmp_path / "runs", progress=False)
     dirs = r.train([TINY])
@@ -48,14 +48,36 @@ def test_analysis_cache_is_keyed_on_the_code_version(tmp_path, monkeypatch):
     assert len(_calls(log)) == 1  # cached the second time
     assert [a["cached"] for a in r.analyses] == [False, True]
 
-    monkeypatch.setattr(runner_mod, "ANALYSIS_VERSION", runner_mod.ANALYSIS_VERSION + 1)  # a measurement fix
+    # an edit to the measurement code (no version to bump by hand): computed again
+    code = tmp_path / "measurement.py"
+    code.write_text("X = 1\n")
+    monkeypatch.setattr(runner_mod, "MEASUREMENT_CODE", (*runner_mod.MEASUREMENT_CODE, str(code)))
     r.analyze(count_calls, dirs, dict(log=str(log)))
     assert len(_calls(log)) == 2 and r.analyses[-1]["cached"] is False
+    r.analyze(count_calls, dirs, dict(log=str(log)))
+    assert len(_calls(log)) == 2 and r.analyses[-1]["cached"] is True
+    code.write_text("X = 2\n")
+    r.analyze(count_calls, dirs, dict(log=str(log)))
+    assert len(_calls(log)) == 3 and r.analyses[-1]["cached"] is False
+
+    # another device: computed again, then cached on that device
+    r.device = "meta"
+    r.analyze(count_calls, dirs, dict(log=str(log)))
+    r.analyze(count_calls, dirs, dict(log=str(log)))
+    assert len(_calls(log)) == 4 and [a["cached"] for a in r.analyses[-2:]] == [False, True]
 
     monkeypatch.setattr(singledir, "__version__", singledir.__version__ + ".post1")  # a new release
     r.analyze(count_calls, dirs, dict(log=str(log)))
-    r.analyze(count_calls, dirs, dict(log=str(log)))
-    assert len(_calls(log)) == 3 and [a["cached"] for a in r.analyses[-2:]] == [False, True]
+    assert len(_calls(log)) == 5 and r.analyses[-1]["cached"] is False
+
+
+def test_measurement_code_hash_covers_the_reliance_package():
+    import singledir.reliance
+
+    files = runner_mod._source_files(count_calls)
+    root = Path(singledir.reliance.__file__).parent
+    assert set(root.rglob("*.py")) <= set(files)
+    assert Path(__file__).resolve() in files  # the analysis function's own module
 
 
 def test_reproduce_report_lists_the_analyses_taken_from_the_cache(tmp_path):

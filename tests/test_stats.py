@@ -67,7 +67,7 @@ def test_spearman_nine_or_ten_pairs_uses_seeded_permutations_close_to_scipy_exac
     c = stats.spearman(x, y, n_boot=0)
     ref = sps.spearmanr(x, y, alternative="two-sided")
     exact = sps.permutation_test((y,), lambda v: sps.spearmanr(x, v).statistic, permutation_type="pairings",
-                                 n_resamples=20000, rng=np.random.default_rng(1)).pvalue
+                                 n_resamples=20000, random_state=np.random.default_rng(1)).pvalue
     assert c["p_method"].startswith("permutation") and c["rho"] == pytest.approx(ref.statistic)
     assert c["p"] == pytest.approx(exact, abs=0.01)
     assert stats.spearman(x, y, n_boot=0)["p"] == c["p"]  # seeded
@@ -125,7 +125,7 @@ def test_bootstrap_mean_ci_matches_scipy_and_covers():
     v = np.array([0.2, 0.5, 0.4, 0.9, 0.3, 0.6])
     lo, hi = stats.bootstrap_mean_ci(v, n_boot=500, seed=2)
     ref = sps.bootstrap((v,), np.mean, n_resamples=500, method="percentile",
-                        rng=np.random.default_rng(2)).confidence_interval
+                        random_state=np.random.default_rng(2)).confidence_interval
     assert (lo, hi) == (pytest.approx(ref.low), pytest.approx(ref.high))
     assert stats.bootstrap_mean_ci([0.3, 0.3]) == (0.3, 0.3)
     assert all(math.isnan(t) for t in stats.bootstrap_mean_ci([0.3]))
@@ -136,3 +136,45 @@ def test_bootstrap_mean_ci_matches_scipy_and_covers():
     hits = sum(lo <= 0 <= hi for lo, hi in (stats.bootstrap_mean_ci(rng.normal(size=40), n_boot=300, seed=t)
                                               for t in range(150)))
     assert 0.85 <= hits / 150 <= 0.99
+
+
+# ---------------------------------------------------------------------------- interval methods and degenerate intervals
+def test_every_interval_records_its_method_and_degenerate_ones_say_why():
+    from singledir.reporting.formatting import fmt_ci
+    from singledir.stats import power
+
+    x = [1, 2, 3, 4, 5, 6]
+    c = power.spearman_with_power(x, [6, 5, 4, 3, 2, 1], bound=0.3, sign=-1)
+    assert c["ci_method"].startswith("Fisher z") and c["boot_ci_method"].startswith("percentile bootstrap")
+    assert c["ci_note"] and "undefined" in fmt_ci(c) and "-1.00" not in fmt_ci(c)  # rho = -1 at n = 6
+    mw = power.mann_whitney_with_power([5, 6, 7, 8], [1, 2, 3, 4])
+    assert mw["ci_method"] and mw["ci_note"]  # rank-biserial [1, 1] at 4 vs 4
+    assert fmt_ci(mw).startswith("[interval undefined")
+    assert "1.00 [1.00" not in power.fmt_mann_whitney(mw)
+    d = power.paired_ci([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])  # every difference 0.1: no t interval
+    assert d["ci_note"] and math.isnan(d["ci_low"]) and d["ci_method"].startswith("t interval")
+    ok = stats.spearman([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11])
+    assert ok["ci_method"].startswith("percentile bootstrap") and ok["ci_note"] == ""
+    assert fmt_ci(ok).startswith("[0.")
+    for fn in (power.partial_spearman, ):
+        r = fn([1, 2, 3, 4, 5, 6, 7], [1, 3, 2, 5, 4, 7, 6], [1, 1, 2, 2, 1, 2, 1])
+        assert r["ci_method"].startswith("Fisher z") and "ci_note" in r
+
+
+def test_mean_std_ci_uses_one_rule_for_undefined_values():
+    r = stats.mean_std_ci([1.0, 2.0, float("nan"), 3.0])
+    assert r["mean"] == pytest.approx(2.0) and r["std"] == pytest.approx(1.0)
+    assert r["ci_low"] <= 2.0 <= r["ci_high"] and "1 of 4" in r["note"] and r["ci_method"]
+    same = stats.mean_std_ci([0.5, 0.5, 0.5])
+    assert same["ci_note"]  # zero width: printed as undefined
+
+
+def test_undefined_is_nan_in_power_results_as_in_stats():
+    from singledir.stats import power
+
+    for r in (power.partial_spearman([1, 2], [1, 2], [1, 2]), power.paired_ci([1.0], [2.0]),
+              power.pooled_rank_correlation([1, 2], [1, 2], [0, 0]), power.isotonic_trend([1, 1], [1, 2])):
+        for k in ("rho", "p", "ci_low", "ci_high", "e2", "dz"):
+            if k in r:
+                assert r[k] is not None and math.isnan(r[k]), (r["test"], k)
+    assert all(math.isnan(v) for v in power.spearman_ci(float("nan"), 10))

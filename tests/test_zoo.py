@@ -141,3 +141,23 @@ def test_unknown_dataset_fails_before_any_training(tmp_path):
     with pytest.raises(SingledirError, match="unknown dataset 'nope'"):
         run_zoo(tmp_path / "z", "smoke", dataset="nope", progress=False)
     assert not any((tmp_path / "z" / "runs").glob("*/COMPLETE"))
+
+
+def test_zoo_report_flags_a_constant_measure_and_uses_the_report_style(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from singledir.reporting.report import CSS
+    from singledir.zoo import report as zoo_report
+    from singledir.zoo.report import write_report
+
+    monkeypatch.setattr(zoo_report, "_figures", lambda *a: [])  # the figures need a whole zoo
+    doc = {"preset": "t", "description": "d", "grid": {"lr": [0.1, 0.01]}, "axes": ["lr"], "seeds": [0],
+           "base_config": {"until_train_acc": 0.99, "max_epochs": 5}, "n_converged": 3, "n_models": 3, "n_test": 100,
+           "unconverged": [], "missing": {}, "measure_settings": {}, "wall_seconds": 1.0, "trained_now": 0,
+           "reused": 3, "score_error": None,
+           "measures": {"flat": {"psi": 0.0, "kendall_tau": 0.0}, "path_norm": {"psi": 0.5, "kendall_tau": 0.4}}}
+    table = pd.DataFrame({"converged": [True] * 3, "flat": [1.0, 1.0, 1.0], "path_norm": [1.0, 2.0, 3.0]})
+    write_report(tmp_path, doc, table)
+    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "index.html").read_text()
+    assert "Constant over the scored models" in md and ": flat." in md and "path_norm." not in md
+    assert CSS.strip()[:40] in page

@@ -3,7 +3,7 @@
 - :data:`CLAIMS` -- claim name -> module under :mod:`singledir.experiments.claims` (each has ``NAME``,
   ``TITLE``, ``STATEMENT``, ``RULE`` and ``run(ctx) -> ClaimResult``).
 - :func:`reproduce` (in :mod:`.reproduce`) -- run claims with a preset and write the report.
-- :mod:`.presets`, :mod:`.runner`, :mod:`.verdicts`, :mod:`.jobs` (per-run jobs), :mod:`.context`; the statistics
+- :mod:`.presets`, :mod:`.runner`, :mod:`.verdicts`, :mod:`singledir.analysis.jobs` (per-run jobs), :mod:`.context`; the statistics
   themselves are in :mod:`singledir.stats`.
 """
 

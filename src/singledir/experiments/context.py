@@ -1,7 +1,7 @@
 """What a claim gets (:class:`Context`) and what it returns (:class:`ClaimResult`).
 
 A claim module reads top to bottom: settings -> ``ctx.train(configs)`` -> per-run jobs of
-:mod:`.jobs` via ``ctx.analyze`` -> statistics (:mod:`singledir.stats`) -> figures via ``ctx.figure`` ->
+:mod:`singledir.analysis.jobs` via ``ctx.analyze`` -> statistics (:mod:`singledir.stats`) -> figures via ``ctx.figure`` ->
 a :class:`ClaimResult` whose verdict comes from the pre-declared rule in its ``rule`` text (see
 :mod:`.verdicts`).
 """
@@ -40,8 +40,7 @@ class Context:
         """``fn(run_dir, **params)`` for each run, cached (see :meth:`Runner.analyze`).
 
         ``params``: one dict for all runs or one per run. The runner passes its device to every ``fn``
-        that takes one; the device is not part of the cache key (results on another device differ only
-        at float level).
+        that takes one; the device is part of the cache key (see :func:`.runner.analysis_key`).
         """
         return self.runner.analyze(fn, run_dirs, params, desc=f"{self.claim}: {desc}")
 
@@ -92,10 +91,13 @@ class ClaimResult:
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
     error: str | None = None
+    rule_history: str | None = None  # how this rule changed after earlier runs (the module's RULE_HISTORY)
+    stability: list[str] = field(default_factory=list)  # how stable the verdict is, one line per part
 
     def to_dict(self) -> dict:
         return {
             "name": self.name, "title": self.title, "statement": self.statement, "rule": self.rule,
+            "rule_history": self.rule_history, "stability": self.stability,
             "verdict": self.verdict, "reason": self.reason, "key_statistic": self.key_statistic,
             "parts": [p.to_dict() for p in self.parts], "settings": self.settings, "figures": self.figures,
             "tables": {k: frame_records(v) for k, v in self.tables.items()}, "numbers": jsonable(self.numbers),

@@ -35,11 +35,12 @@ from __future__ import annotations
 import copy
 
 from singledir.errors import SingledirError
+from singledir.reliance.noise import DEFAULT_SCALES
 
 PRESETS = ("smoke", "quick", "paper")
 
 P_GRID = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-NOISE_SCALES = [0.03, 0.1, 0.18, 0.32, 0.56, 1.0, 1.78, 3.16, 5.62, 10.0]  # 10^-1.5 ... 10^1
+NOISE_SCALES = [round(float(v), 6) for v in DEFAULT_SCALES]  # the one default grid: 11 points, 10^-1.5 ... 10^1
 
 
 def _smoke() -> dict:

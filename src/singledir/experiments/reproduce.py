@@ -5,8 +5,9 @@ networks (cached under ``REPORT_DIR/runs``), analyse them (cached per run), comp
 verdict, draw its figures -> write ``index.html``, ``report.md`` and ``results.json`` (after every
 claim, so an interrupted reproduction still leaves a report of what finished).
 
-A claim that fails with a bug does not stop the others: it is reported with its error and the verdict
-``inconclusive``, and :func:`reproduce` reports it in ``doc["errors"]`` (the CLI then exits 1). User
+A claim that fails with a bug does not stop the others: it is reported with the outcome ``error`` (never a
+verdict) and its traceback, and :func:`reproduce` lists it in ``doc["errors"]`` (the CLI then exits 1). A
+claim that does not apply to the settings returns the outcome ``skipped`` with its reason. User
 errors (:class:`SingledirError`, e.g. missing data) stop the job with their one-line message.
 """
 
@@ -76,8 +77,10 @@ def _check_data(settings: dict, data_dir) -> list[str]:
 def _error_result(name: str, settings: dict, err: BaseException, ctx: Context) -> ClaimResult:
     module = importlib.import_module(CLAIMS[name])
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    return ClaimResult(name, module.TITLE, module.STATEMENT, module.RULE, verdicts.INCONCLUSIVE,
-                       f"the experiment failed: {type(err).__name__}: {err}", "failed", [], settings, ctx.figures,
+    return ClaimResult(name, module.TITLE, module.STATEMENT, module.RULE, verdicts.ERROR,
+                       f"the experiment raised {type(err).__name__}: {err} (traceback below)",
+                       f"error: {type(err).__name__}: {err}", [], settings,
+                       ctx.figures,
                        notes=[tb], runs=ctx.runs, error=f"{type(err).__name__}: {err}")
 
 
@@ -142,7 +145,8 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
         "settings": {c: settings[c] for c in claims},
         "code": code_version(),
         "statistics": {"p_value_rule": stats.P_VALUE_RULE,
-                       "intervals": f"{stats.CONFIDENCE:.0%} percentile bootstrap, {stats.N_BOOT} seeded resamples",
+                       "intervals": f"{stats.CONFIDENCE:.0%} central; each records its method as ci_method beside "
+                                    "it (methods used: see interval methods)",
                        "alpha": stats.ALPHA},
         "machine": machine(device, jobs),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -164,6 +168,9 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
             except Exception as err:  # noqa: BLE001 - a bug in one claim must not lose the others
                 result = _error_result(name, settings[name], err, ctx)
                 errors.append(f"{name}: {result.error}")
+            result.rule_history = getattr(importlib.import_module(CLAIMS[name]), "RULE_HISTORY", None)
+            if result.verdict in verdicts.VERDICTS:
+                result.stability = verdicts.stability_lines(result.parts)
             result.wall_seconds = t()
             result.cpu_seconds = time.process_time() - cpu0 + runner.worker_cpu_seconds - wcpu0
             results.append(result)
@@ -176,6 +183,21 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
     doc["complete"] = True
     write_report(out, doc)
     return doc
+
+
+def interval_methods(obj, counts: dict | None = None) -> dict[str, int]:
+    """``{ci_method: how many intervals use it}`` over every dict nested in ``obj`` (the report's header)."""
+    counts = {} if counts is None else counts
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k.endswith("ci_method") and isinstance(v, str):
+                counts[v] = counts.get(v, 0) + 1
+            else:
+                interval_methods(v, counts)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            interval_methods(v, counts)
+    return counts
 
 
 def _finish(doc: dict, results: list[ClaimResult], errors: list[str], out: Path, wall: float, runner) -> None:
@@ -195,6 +217,8 @@ def _finish(doc: dict, results: list[ClaimResult], errors: list[str], out: Path,
                "analyses": runner.analyses, "backend": runner.backend_name},
         errors=errors,
     )))
+    methods = interval_methods(doc["claims"])
+    doc["statistics"]["interval_methods"] = "; ".join(f"{m} ({n})" for m, n in sorted(methods.items())) or "none"
 
 
 __all__ = ["reproduce", "check_claims", "run_name"]

@@ -1,8 +1,9 @@
 """The run cache and the job pool: train what is missing, analyse what is not cached, in parallel.
 
 - :func:`run_name` -- a deterministic directory name for a training config (readable prefix + hash).
-- :data:`ANALYSIS_VERSION` -- the version of the measurement code: bump it in any change that alters a
-  measured number, so every cached analysis is computed again.
+- :func:`measurement_code_hash` -- a hash of the source of the code that computes a measured number
+  (:data:`MEASUREMENT_CODE` plus the analysis function's own module) and of the numeric libraries'
+  versions: any edit to that code changes it, so a cached analysis made by other code is never reused.
 - :class:`Runner` -- owns ``REPORT_DIR/runs`` and a backend (this process, a process pool, or Ray; see
   :mod:`.backends`):
 
@@ -16,10 +17,10 @@
     again; stderr says so.
   - ``runner.analyze(fn, run_dirs, params)`` calls ``fn(run_dir, **params) -> {name: DataFrame}`` for
     each run (with ``device=`` the runner's device when ``fn`` takes it and ``params`` do not name one), caching the frames in
-    ``runs/<name>/analysis/<fn>-<key>.<name>.parquet``. The key hashes ``params``, the run's ``COMPLETE``
-    stamp, the package version and :data:`ANALYSIS_VERSION` (plus the ``ANALYSIS_VERSION`` of ``fn``'s
-    module, if it has one), so a retrained run or a fixed measurement is analysed again, and nothing
-    finished is ever computed twice. ``runner.analyses`` lists, per run and analysis, whether the
+    ``runs/<name>/analysis/<fn>-<key>.<name>.parquet``. The key (:func:`analysis_key`) hashes ``fn``'s
+    name, ``params``, the run's ``COMPLETE`` stamp, the device and :func:`measurement_code_hash`, so a
+    retrained run, an edited measurement or another device is analysed again, and nothing finished is
+    ever computed twice. ``runner.analyses`` lists, per run and analysis, whether the
     result came from the cache (``cached``) -- the report shows it.
 
 Safe under concurrency: several processes (or Ray workers on many hosts) may share one ``runs`` folder.
@@ -47,15 +48,19 @@ import pandas as pd
 
 from singledir.experiments.backends import import_ray, make_backend
 from singledir.experiments.leases import Lease, journal
+from singledir.training.config import RUNTIME_SETTINGS
 
-# Version of the measurement code (reliance/ and the per-run analyses). Bump it with any change that
-# alters a measured number: cached analyses made with another version are computed again.
-ANALYSIS_VERSION = 2
+# The code that determines a measured number, relative to the package folder: its source is hashed into
+# every analysis cache key (with the analysis function's own module), so no hand-bumped version can be
+# forgotten. Folders are read recursively (*.py).
+MEASUREMENT_CODE = ("reliance", "measures", "models", "data", "analysis", "devices.py", "training/rundir.py",
+                    "training/config.py")
 
 BUSY = "busy"  # a job found its lease held by another live worker
 
-# Settings that do not change what a run computes (where the data lives, which device trained it).
-_NOT_IN_KEY = ("data_dir", "device", "eval_batch_size")
+# Settings that do not change what a run computes (where the data lives, which device trained it): the
+# training config's own list, so the run name and the resume check never disagree.
+_NOT_IN_KEY = RUNTIME_SETTINGS
 
 
 def _hash(obj, n: int = 10) -> str:
@@ -256,19 +261,60 @@ def _accepts_device(fn: Callable) -> bool:
     return any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params)
 
 
+def _source_files(fn: Callable) -> list[Path]:
+    import singledir
+
+    root = Path(singledir.__file__).resolve().parent
+    files: list[Path] = []
+    for rel in MEASUREMENT_CODE:
+        p = root / rel
+        files.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p] if p.is_file() else [])
+    module = sys.modules.get(fn.__module__)
+    own = getattr(module, "__file__", None)
+    if own and Path(own).resolve() not in files:
+        files.append(Path(own).resolve())
+    return files
+
+
+def measurement_code_hash(fn: Callable) -> str:
+    """sha256 (16 hex digits) of the source of :data:`MEASUREMENT_CODE`, of ``fn``'s module, and of the
+    torch / numpy / scipy / pandas versions: what, besides the run and the params, makes ``fn``'s numbers.
+
+    Read from disk on every call (a few hundred kB), so an edit made while a process runs is seen too.
+    """
+    import numpy
+    import scipy
+    import torch
+
+    import singledir
+
+    h = hashlib.sha256()
+    root = Path(singledir.__file__).resolve().parent
+    for f in _source_files(fn):
+        name = f.relative_to(root).as_posix() if f.is_relative_to(root) else f.name
+        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update(json.dumps({"torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
+                         "pandas": pd.__version__, "singledir": singledir.__version__}, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
 def _code_versions(fn: Callable) -> dict:
     import singledir
 
-    module = sys.modules.get(fn.__module__)
-    return {"singledir": singledir.__version__, "analysis": ANALYSIS_VERSION,
-            "module": getattr(module, "ANALYSIS_VERSION", None)}
+    return {"singledir": singledir.__version__, "measurement_code": measurement_code_hash(fn)}
 
 
-def _cache_paths(run_dir: Path, fn: Callable, params: dict) -> tuple[Path, str]:
-    stamp = (run_dir / "COMPLETE").read_text(encoding="utf-8").strip()
-    key = _hash({"fn": f"{fn.__module__}.{fn.__qualname__}", "params": params, "run": stamp,
-                 "code": _code_versions(fn)})
-    return run_dir / "analysis", f"{fn.__name__}-{key}"
+def analysis_key(run_dir, fn: Callable, params: dict, device: str = "cpu") -> str:
+    """The cache key of ``fn(run_dir, **params)`` on ``device``: a hash of the function's name, the params,
+    the run's ``COMPLETE`` stamp, the device and :func:`measurement_code_hash` -- everything the numbers
+    depend on, so a stale result cannot be reused."""
+    stamp = (Path(run_dir) / "COMPLETE").read_text(encoding="utf-8").strip()
+    return _hash({"fn": f"{fn.__module__}.{fn.__qualname__}", "params": params, "run": stamp,
+                  "device": str(device), "code": _code_versions(fn)})
+
+
+def _cache_paths(run_dir: Path, fn: Callable, params: dict, device: str = "cpu") -> tuple[Path, str]:
+    return Path(run_dir) / "analysis", f"{fn.__name__}-{analysis_key(run_dir, fn, params, device)}"
 
 
 def _index_path(folder: Path, stem: str) -> Path:
@@ -284,7 +330,7 @@ def analyze_one(fn: Callable, run_dir: str, params: dict, device: str = "cpu", w
     from singledir.io import atomic_write_json, atomic_write_parquet
 
     run_dir = Path(run_dir)
-    folder, stem = _cache_paths(run_dir, fn, params)
+    folder, stem = _cache_paths(run_dir, fn, params, device)
     index = _index_path(folder, stem)
     if index.is_file():
         return "cached"
@@ -299,23 +345,23 @@ def analyze_one(fn: Callable, run_dir: str, params: dict, device: str = "cpu", w
         frames = fn(run_dir, **kwargs)
         for name, df in frames.items():
             atomic_write_parquet(folder / f"{stem}.{name}.parquet", df)
-        atomic_write_json(index, {"fn": fn.__qualname__, "params": params, "code": _code_versions(fn),
-                                  "frames": sorted(frames)})
+        atomic_write_json(index, {"fn": fn.__qualname__, "params": params, "device": str(device),
+                                  "code": _code_versions(fn), "frames": sorted(frames)})
         return "computed"
     finally:
         lease.release()
 
 
-def load_analysis(fn: Callable, run_dir, params: dict) -> dict[str, pd.DataFrame]:
-    """The cached frames of ``fn`` for ``run_dir`` and ``params`` (they must exist)."""
+def load_analysis(fn: Callable, run_dir, params: dict, device: str = "cpu") -> dict[str, pd.DataFrame]:
+    """The cached frames of ``fn`` for ``run_dir``, ``params`` and ``device`` (they must exist)."""
     run_dir = Path(run_dir)
-    folder, stem = _cache_paths(run_dir, fn, params)
+    folder, stem = _cache_paths(run_dir, fn, params, device)
     names = json.loads(_index_path(folder, stem).read_text())["frames"]
     return {n: pd.read_parquet(folder / f"{stem}.{n}.parquet") for n in names}
 
 
-def is_analyzed(fn: Callable, run_dir, params: dict) -> bool:
-    folder, stem = _cache_paths(Path(run_dir), fn, params)
+def is_analyzed(fn: Callable, run_dir, params: dict, device: str = "cpu") -> bool:
+    folder, stem = _cache_paths(Path(run_dir), fn, params, device)
     return _index_path(folder, stem).is_file()
 
 
@@ -476,18 +522,19 @@ class Runner:
             key = (str(d), json.dumps(p, sort_keys=True, default=str))
             if key in seen:
                 continue
-            cached = is_analyzed(fn, d, p)
-            seen[key] = {"run": Path(d).name, "analysis": fn.__name__, "key": _cache_paths(Path(d), fn, p)[1],
+            dev = str(self.device)
+            cached = is_analyzed(fn, d, p, dev)
+            seen[key] = {"run": Path(d).name, "analysis": fn.__name__, "key": _cache_paths(Path(d), fn, p, dev)[1],
                          "cached": cached}
             log.append(seen[key])
             if not cached:
-                todo.append((key, (fn, str(d), p, self.device)))
+                todo.append((key, (fn, str(d), p, dev)))
         done = self._map(analyze_one, [c for _, c in todo],
                          f"{desc} ({len(todo)} to do, {len(seen) - len(todo)} cached)")
         for (key, _), what in zip(todo, done):
             seen[key]["cached"] = what == "cached"  # finished meanwhile by another worker
         self.analyses.extend(log)
-        return [load_analysis(fn, d, p) for d, p in zip(run_dirs, plist)]
+        return [load_analysis(fn, d, p, str(self.device)) for d, p in zip(run_dirs, plist)]
 
 
 def _cost_hint(config: dict) -> float:

@@ -127,31 +127,19 @@ def unit_layers(model: nn.Module) -> list[str]:
 def unit_counts(model: nn.Module, input_shape=None) -> dict[str, int]:
     """Number of units (dim 1 of the output) of each unit layer, from one forward pass on zeros.
 
-    ``input_shape`` defaults to ``model.config["input_shape"]``. The model's train/eval mode is restored.
+    ``input_shape`` defaults to ``model.config["input_shape"]``. Counted by
+    :func:`singledir.reliance.units.layer_units`, which hands the model back exactly as it came.
     """
     if input_shape is None:
         input_shape = getattr(model, "config", {}).get("input_shape")
         if input_shape is None:
             raise SingledirError("model has no config['input_shape']; pass input_shape explicitly")
-    names = unit_layers(model)
-    counts: dict[str, int] = {}
-    handles = [
-        model.get_submodule(n).register_forward_hook(
-            lambda _m, _i, out, n=n: counts.__setitem__(n, int(out.shape[1]))
-        )
-        for n in names
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        param = next(model.parameters(), None)
-        dtype = param.dtype if param is not None else torch.float32
-        model(torch.zeros((1, *check_input_shape(input_shape)), device=model_device(model), dtype=dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return {n: counts[n] for n in names}
+    from singledir.reliance.units import layer_units  # the one unit-counting forward pass (model_guard inside)
+
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    x = torch.zeros((1, *check_input_shape(input_shape)), device=model_device(model), dtype=dtype)
+    return layer_units(model, (x, torch.zeros(1, dtype=torch.long, device=x.device)), unit_layers(model))
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

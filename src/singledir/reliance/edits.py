@@ -190,7 +190,7 @@ NOISE_BLOCK = 32
 @functools.lru_cache(maxsize=1 << 16)
 def _block_seed_cached(key: tuple, block: int) -> int:
     ss = np.random.SeedSequence([*key, block])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] & 0x7FFF_FFFF_FFFF_FFFF)
+    return int(ss.generate_state(1, dtype=np.uint64)[0]) & 0x7FFF_FFFF_FFFF_FFFF  # Python ints: NumPy 1.x too
 
 
 def clear_noise_seed_cache() -> None:

@@ -109,6 +109,9 @@ def _new_axes(ax, figsize=(4.8, 3.4)):
     return fig, fig.add_subplot()
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
 def _groups(df: pd.DataFrame, group: str | None) -> list:
     """Group values in a stable order: sorted when numeric, else in order of first appearance."""
     if group is None:
@@ -339,20 +342,28 @@ def plot_scatter(
     s: float = 12,
     logx: bool = False,
     logy: bool = False,
+    pooled: str | None = None,
+    marker_by: str | None = None,
 ) -> Figure:
     """Scatter of ``y`` against ``x``, coloured by ``group``.
 
-    With ``annotate_rho`` each group's legend entry carries its Spearman rho and p-value and the pooled
-    value over all points is in the legend title (or the title without groups); the legend sits
+    With ``annotate_rho`` each group's legend entry carries its Spearman rho and p-value, and the legend
+    title (or the title without groups) a pooled value: ``pooled`` when given (shown even without
+    ``annotate_rho``; e.g. the within-group
+    statistic a verdict uses), else with groups the within-group pooled rank correlation
+    (:func:`singledir.stats.power.pooled_rank_correlation`, never a plain rho across groups, whose sign can
+    differ), without groups the plain Spearman rho. ``marker_by``: a second column shown by marker shape
+    (e.g. colour = learning rate, marker = batch size), listed in the legend with grey markers; the legend sits
     below the axes so it never hides points (``rho n/a`` for constant data) -- the
     paper's selectivity-vs-importance figure (x="selectivity", y="accuracy_drop", group="layer").
     A faint line marks y = 0 when the data straddle it.
     """
-    df = _check_df(df, [x, y, group], "plot_scatter")
+    df = _check_df(df, [x, y, group, marker_by], "plot_scatter")
     with mpl.rc_context(_STYLE):
         fig, ax = _new_axes(ax, figsize=(4.8, 4.2) if group is not None else (4.8, 3.4))
         groups = _groups(df, group)
         colors = _colors(groups, palette)
+        marker_values = _groups(df, marker_by) if marker_by is not None else []
         for g in groups:
             sub = df if g is None else df[df[group] == g]
             xv = sub[x].to_numpy(dtype=float)
@@ -361,15 +372,30 @@ def plot_scatter(
             label = _fmt_group(g) if g is not None else None
             if annotate_rho and g is not None:
                 label = f"{label} ({_rho_text(*_spearman(xv, yv))}, n={len(sub)})"
-            ax.scatter(xv, yv, s=s, alpha=alpha, color=color, label=label, linewidths=0, zorder=3)
+            if marker_by is None:
+                ax.scatter(xv, yv, s=s, alpha=alpha, color=color, label=label, linewidths=0, zorder=3)
+                continue
+            for j, mv in enumerate(marker_values):
+                m = sub[marker_by] == mv
+                ax.scatter(xv[m.to_numpy()], yv[m.to_numpy()], s=s * 1.6, alpha=alpha, color=color,
+                           marker=_MARKERS[j % len(_MARKERS)], label=label if j == 0 else None, linewidths=0, zorder=3)
+        for j, mv in enumerate(marker_values):
+            ax.scatter([], [], s=s * 1.6, color="0.45", marker=_MARKERS[j % len(_MARKERS)],
+                       label=f"{marker_by} = {_fmt_group(mv)}")
         yall = df[y].to_numpy(dtype=float)
         yall = yall[np.isfinite(yall)]
         if yall.size and yall.min() < 0 < yall.max():
             ax.axhline(0.0, color="0.5", linewidth=0.7, zorder=1)
-        pooled = None
-        if annotate_rho:
-            rho, p = _spearman(df[x].to_numpy(dtype=float), df[y].to_numpy(dtype=float))
-            pooled = f"all: Spearman {_rho_text(rho, p)}, n={len(df)}"
+        if annotate_rho and pooled is None:
+            if group is not None:
+                from singledir.stats.power import pooled_rank_correlation
+
+                c = pooled_rank_correlation(df[x].to_numpy(dtype=float), df[y].to_numpy(dtype=float),
+                                            df[group].to_numpy())
+                pooled = f"within-{group} pooled {_rho_text(c['rho'], c['p'])}, n={c['n']}"
+            else:
+                rho, p = _spearman(df[x].to_numpy(dtype=float), df[y].to_numpy(dtype=float))
+                pooled = f"all: Spearman {_rho_text(rho, p)}, n={len(df)}"
         if logx:
             ax.set_xscale("log")
         if logy:
@@ -415,7 +441,8 @@ def save_figure(
             metadata = {"Date": None} if fmt in ("svg", "pdf") else None
             buf = io.BytesIO()
             with mpl.rc_context({"svg.hashsalt": "singledir"}):
-                fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)
+                # tight: a legend placed below the axes or a long title is never cut off
+                fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata, bbox_inches="tight")
             written.append(atomic_write_bytes(final, buf.getvalue()))
     finally:
         _close(fig)

@@ -17,11 +17,13 @@ import json
 import math
 from pathlib import Path
 
+from singledir.experiments.verdicts import RULES_SUMMARY
 from singledir.io import atomic_write_json, atomic_write_text
 
-VERDICT_COLORS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#9a6700"}
+VERDICT_COLORS = {"reproduced": "#1a7f37", "not reproduced": "#cf222e", "inconclusive": "#9a6700",
+                  "error": "#000000", "skipped": "#6e7781"}
 
-_CSS = """
+CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;
 color:#1f2328;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:2em}
@@ -32,6 +34,7 @@ figure{display:inline-block;margin:.5em 1em .5em 0;max-width:480px;vertical-alig
 figure img{max-width:100%}figcaption{font-size:.85em;color:#57606a}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em}.meta td{border:none;padding:1px 8px 1px 0}
 blockquote{border-left:4px solid #d0d7de;margin:.5em 0;padding:.2em 1em;color:#57606a}
+div.scroll{overflow-x:auto;max-width:100%}td.id{white-space:nowrap;font-family:monospace;font-size:.85em}
 """
 
 
@@ -62,11 +65,20 @@ def _minutes(seconds) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
 
+# Columns a reader scans first in per-network tables; the long run id goes last (it names the directory).
+_FIRST = ("model", "corrupt", "p", "seed", "setting", "lr", "batch_size", "dropout", "batchnorm", "width",
+          "layer", "measure", "rho", "p_value", "auc", "nauc", "test_acc", "train_acc", "gap", "target_reached")
+_LAST = ("run", "ci_method", "ci_note")
+FOLD_ROWS = 12  # longer tables are folded (<details>) in the HTML page
+
+
 def _columns(records: list[dict]) -> list[str]:
     cols: list[str] = []
     for r in records:
         cols.extend(k for k in r if k not in cols)
-    return cols
+    first = [c for c in _FIRST if c in cols]
+    last = [c for c in _LAST if c in cols]
+    return first + [c for c in cols if c not in first and c not in last] + last
 
 
 def _badge(verdict: str) -> str:
@@ -85,10 +97,14 @@ def _html_table(records: list[dict], max_rows: int = 60) -> str:
         for c in cols:
             v = r.get(c)
             cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+            cls = ' class="id"' if c == "run" else cls
             cells.append(f"<td{cls}>{html.escape(_fmt(v))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     more = f"<p><em>{len(records) - max_rows} more rows in results.json</em></p>" if len(records) > max_rows else ""
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>{more}"
+    table = f"<div class='scroll'><table><tr>{head}</tr>{''.join(rows)}</table></div>{more}"
+    if len(records) > FOLD_ROWS:
+        return f"<details><summary>{len(records)} rows (click to show)</summary>{table}</details>"
+    return table
 
 
 def _md_table(records: list[dict], max_rows: int = 60) -> str:
@@ -143,11 +159,9 @@ def render_html(out: Path, doc: dict) -> str:
     title = f"singledir: reproducing Morcos et al. 2018 (preset {doc.get('preset')})"
     status = "" if doc.get("complete") else " <strong>(incomplete: the reproduction is still running or was interrupted)</strong>"
     h = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-         f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+         f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
          "<p>On the importance of single directions for generalization (Morcos, Barrett, Rabinowitz, Botvinick, "
-         "ICLR 2018). Every verdict below follows a rule stated before the results (its text is shown with "
-         "each claim): <em>reproduced</em> when the statistic has the paper's sign and p &lt; 0.05, "
-         "<em>not reproduced</em> when it is significant the other way, <em>inconclusive</em> otherwise.</p>",
+         f"ICLR 2018). {html.escape(RULES_SUMMARY)}</p>",
          "<table class='meta'>",
          f"<tr><td>command</td><td><code>{html.escape(str(doc.get('command') or ''))}</code></td></tr>",
          f"<tr><td>started</td><td>{html.escape(str(doc.get('started')))}; total wall time "
@@ -175,8 +189,14 @@ def render_html(out: Path, doc: dict) -> str:
         h.append(f"<section class='claim' id='{html.escape(name)}'>")
         h.append(f"<h2>{html.escape(name)}: {html.escape(c['title'])}</h2>")
         h.append(f"<p><strong>Verdict:</strong> {_badge(c['verdict'])} {html.escape(c['reason'])}</p>")
+        if c.get("stability"):
+            h.append("<p><strong>How stable is this verdict.</strong> Margin of the deciding number to its "
+                     "threshold, per part in the verdict:</p><ul class='stability'>"
+                     + "".join(f"<li>{html.escape(line)}</li>" for line in c["stability"]) + "</ul>")
         h.append(f"<p><strong>Paper's claim.</strong></p><blockquote>{html.escape(c['statement'])}</blockquote>")
-        h.append(f"<p><strong>Rule (declared before the results).</strong> {html.escape(c['rule'])}</p>")
+        h.append(f"<p><strong>Rule (fixed in the code before this run).</strong> {html.escape(c['rule'])}</p>")
+        if c.get("rule_history"):
+            h.append(f"<p><strong>Rule history.</strong> {html.escape(c['rule_history'])}</p>")
         for f in c.get("figures", []):
             data = _png_data(out, f["png"])
             img = f"<img src='{data}' alt='{html.escape(f['name'])}'>" if data else "<em>(figure missing)</em>"
@@ -205,9 +225,7 @@ def render_html(out: Path, doc: dict) -> str:
 # ---------------------------------------------------------------------------- Markdown
 def render_markdown(doc: dict) -> str:
     m = [f"# singledir: reproducing Morcos et al. 2018 (preset {doc.get('preset')})", "",
-         "On the importance of single directions for generalization (ICLR 2018). Verdicts follow rules stated "
-         "before the results: *reproduced* = the paper's sign and p < 0.05; *not reproduced* = significant the "
-         "other way; *inconclusive* otherwise.", "",
+         f"On the importance of single directions for generalization (ICLR 2018). {RULES_SUMMARY}", "",
          f"- command: `{doc.get('command') or ''}`",
          f"- started {doc.get('started')}; total wall time {_minutes(doc.get('wall_seconds'))} "
          f"(CPU time of all processes: {_minutes(doc.get('cpu_seconds'))})"
@@ -217,13 +235,17 @@ def render_markdown(doc: dict) -> str:
          "", "## Summary", "",
          "| claim | verdict | key statistic | wall time (CPU time) |", "|---|---|---|---|"]
     for s in doc.get("summary", []):
-        m.append(f"| [{s['claim']}](#{s['claim']}) | **{s['verdict']}** | {s['key_statistic'].replace('|', '/')} | "
+        m.append(f"| [{s['claim']}](#{s['claim']}) | **{s['verdict']}** | {s['key_statistic'].replace('|', chr(92) + '|')} | "
                  f"{_minutes(s['wall_seconds'])} ({_minutes(s.get('cpu_seconds'))}) |")
     if doc.get("errors"):
         m += ["", "**Errors:**", ""] + [f"- {e}" for e in doc["errors"]]
     for name, c in doc.get("claims", {}).items():
         m += ["", f'<a id="{name}"></a>', f"## {name}: {c['title']}", "", f"**Verdict: {c['verdict']}** -- {c['reason']}",
-              "", f"> {c['statement']}", "", f"**Rule (declared before the results).** {c['rule']}", ""]
+              *(["", "**How stable is this verdict** (margin of the deciding number to its threshold, per part "
+                 "in the verdict):", "", *[f"- {line}" for line in c["stability"]]] if c.get("stability") else []),
+              "", f"> {c['statement']}", "", f"**Rule (fixed in the code before this run).** {c['rule']}", ""]
+        if c.get("rule_history"):
+            m += [f"**Rule history.** {c['rule_history']}", ""]
         for f in c.get("figures", []):
             m += [f"![{f['name']}]({f['png']})", "", f"*{f['caption']}*", ""]
         m += ["### Statistics", "", _md_table(_parts_records(c))]

@@ -30,7 +30,9 @@ Conventions (one name per concept): ``n_boot`` bootstrap resamples, ``confidence
 of an interval (0.95), ``seed`` the resampling seed (same inputs + seed -> same interval). An undefined
 number is ``NaN`` (never ``None``); :func:`singledir.io.jsonable` writes it as ``null``. Result dicts
 use the keys ``n`` (``n_a``, ``n_b`` for two samples), ``p``, the test's own statistic, ``ci_low`` /
-``ci_high`` where there is an interval, and ``note`` (``""`` when defined, else why not).
+``ci_high`` where there is an interval, always with ``ci_method`` (how it was computed) and ``ci_note``
+(``""``, or why the interval is degenerate -- zero width, or a Fisher-z interval at rho = +-1 -- and so
+printed as undefined; :func:`interval_note`), and ``note`` (``""`` when defined, else why not).
 
 Example::
 
@@ -58,6 +60,8 @@ __all__ = [
     "P_VALUE_RULE",
     "ablation_auc",
     "bootstrap_mean_ci",
+    "boot_method",
+    "interval_note",
     "mann_whitney",
     "mean_std_ci",
     "noise_auc",
@@ -90,6 +94,8 @@ P_VALUE_RULE = (
 )
 
 _NAN = math.nan
+# NumPy 2 renamed trapz to trapezoid; the declared floor (numpy 1.24) has only trapz.
+_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")
 
 
 def _num(x) -> float:
@@ -109,6 +115,28 @@ def _finite(*arrays) -> list[np.ndarray]:
     return [a[ok] for a in arrs]
 
 
+def boot_method(n_boot: int = N_BOOT, what: str = "") -> str:
+    """The ``ci_method`` of a percentile bootstrap interval: ``percentile bootstrap, 2000 resamples``."""
+    return f"percentile bootstrap, {n_boot} resamples" + (f" {what}" if what else "")
+
+
+def interval_note(ci_low, ci_high, *, effect=None) -> str:
+    """Why the interval ``[ci_low, ci_high]`` is degenerate (to be printed as undefined), or ``""``.
+
+    Degenerate: zero width (every value or every resample the same, e.g. a rank-biserial of 1 at 4 vs 4),
+    or ``effect`` (a correlation) at +-1, where a Fisher-z interval collapses onto the bound. An undefined
+    interval (NaN / None) gets ``""``: its result's ``note`` says why.
+    """
+    lo, hi = _num(ci_low), _num(ci_high)
+    if math.isnan(lo) or math.isnan(hi):
+        return ""
+    if effect is not None and math.isfinite(_num(effect)) and abs(float(effect)) >= 1 - 1e-9:
+        return f"the estimate is {float(effect):+.0f}, where the interval collapses onto the bound"
+    if abs(hi - lo) <= 1e-12 * max(1.0, abs(lo)):
+        return "zero width: every value (or every resample) gives the same estimate"
+    return ""
+
+
 # ------------------------------------------------------------------------------------------- areas
 def trapezoid_auc(y, x) -> float:
     """Trapezoid-rule area under ``y`` over ``x`` (``x`` ascending; 0 for fewer than two points).
@@ -120,7 +148,7 @@ def trapezoid_auc(y, x) -> float:
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
         return 0.0
-    return float(np.trapezoid(y, x))
+    return float(_trapezoid(y, x))
 
 
 def normalized_auc(auc, base_accuracy) -> float:
@@ -243,7 +271,8 @@ def spearman(x, y, *, n_boot: int = N_BOOT, confidence: float = CONFIDENCE, seed
     x, y = _finite(x, y)
     n = len(x)
     out = {"test": "spearman", "n": n, "rho": _NAN, "p": _NAN, "p_method": "", "ci_low": _NAN,
-           "ci_high": _NAN, "note": ""}
+           "ci_high": _NAN, "ci_method": boot_method(len(resamples) if resamples is not None else n_boot, "of pairs"),
+           "ci_note": "", "note": ""}
     if n < 3:
         out["note"] = f"fewer than 3 pairs ({n})"
         return out
@@ -261,6 +290,7 @@ def spearman(x, y, *, n_boot: int = N_BOOT, confidence: float = CONFIDENCE, seed
         if 2 * len(ok) >= len(rhos):
             tail = (1.0 - confidence) / 2.0
             out["ci_low"], out["ci_high"] = (float(v) for v in np.quantile(ok, [tail, 1.0 - tail]))
+            out["ci_note"] = interval_note(out["ci_low"], out["ci_high"])
     return out
 
 
@@ -316,15 +346,21 @@ def bootstrap_mean_ci(values, *, n_boot: int = N_BOOT, confidence: float = CONFI
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns about degenerate resamples of tiny samples
         res = _st.bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=n_boot,
-                            method="percentile", rng=np.random.default_rng(seed))
+                            method="percentile", random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def mean_std_ci(values, *, n_boot: int = N_BOOT, confidence: float = CONFIDENCE, seed: int = 0) -> dict:
-    """``{"mean", "std", "ci_low", "ci_high"}``: std with ddof=1 (NaN for one value) and
-    :func:`bootstrap_mean_ci`. NaN values are kept in the mean (a NaN mean flags a NaN input)."""
-    v = np.asarray(values, dtype=float)
+    """``{"mean", "std", "ci_low", "ci_high", "ci_method", "ci_note", "n", "note"}``: std with ddof=1 and
+    :func:`bootstrap_mean_ci`, all over the finite values only (one rule for the three numbers); ``n`` is
+    how many were finite and ``note`` says how many were left out (a NaN input is flagged there, never
+    mixed into one number and dropped from another). No finite value: every number NaN."""
+    allv = np.asarray(values, dtype=float).ravel()
+    (v,) = _finite(allv)
     mean = float(v.mean()) if len(v) else _NAN
     std = float(v.std(ddof=1)) if len(v) > 1 else _NAN
     lo, hi = bootstrap_mean_ci(v, n_boot=n_boot, confidence=confidence, seed=seed)
-    return {"mean": mean, "std": std, "ci_low": lo, "ci_high": hi}
+    dropped = len(allv) - len(v)
+    return {"mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "ci_method": boot_method(n_boot, "of the values"),
+            "ci_note": interval_note(lo, hi), "n": len(v),
+            "note": f"{dropped} of {len(allv)} values undefined (NaN or inf), left out" if dropped else ""}

@@ -22,9 +22,8 @@ result decisive (an equivalence / minimum-effect bound) and that say how much a 
   the isotonic (monotone) fit of ``y`` on ``x``, permutation p-value.
 - :func:`pooled_rank_correlation` -- a rank correlation within groups (layers), pooled: ranks are
   standardized within each group, then correlated across all rows (group offsets removed).
-- :func:`directional_verdict` -- the three-outcome rule for a directional effect with an interval
-  and a smallest effect of interest (SESOI); :func:`equivalence_verdict` -- the TOST-style rule for
-  "no effect": reproduced when the interval lies inside ``(-bound, bound)``.
+
+The verdict rules that use these numbers live in :mod:`singledir.experiments.verdicts` (one home).
 
 Usage::
 
@@ -49,7 +48,8 @@ from scipy import stats as st
 
 ALPHA = 0.05
 POWER = 0.80
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+FISHER_Z = "Fisher z, Bonett-Wright variance"
+_NAN = math.nan  # an undefined statistic (as in singledir.stats); None only for a count or bound that does not exist  # the ci_method of every Spearman interval made here
 
 
 def _z(p: float) -> float:
@@ -58,6 +58,12 @@ def _z(p: float) -> float:
 
 def _ok(*vals) -> bool:
     return all(v is not None and math.isfinite(float(v)) for v in vals)
+
+
+def _interval_note(lo, hi, *, effect=None) -> str:
+    from singledir.stats import interval_note
+
+    return interval_note(lo, hi, effect=effect)
 
 
 # ---------------------------------------------------------------------------- Spearman
@@ -69,10 +75,10 @@ def spearman_se(rho: float, n: int, k: int = 0) -> float:
     return math.sqrt((1.0 + rho * rho / 2.0) / df)
 
 
-def spearman_ci(rho, n: int, *, k: int = 0, level: float = 0.95) -> tuple[float | None, float | None]:
-    """Fisher-z interval of a Spearman rho (Bonett-Wright variance); ``(None, None)`` when undefined."""
+def spearman_ci(rho, n: int, *, k: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Fisher-z interval of a Spearman rho (Bonett-Wright variance); ``(nan, nan)`` when undefined."""
     if not _ok(rho) or n - 3 - k <= 0:
-        return None, None
+        return _NAN, _NAN
     r = float(np.clip(rho, -0.999999, 0.999999))
     half = _z(0.5 + level / 2) * spearman_se(r, n, k)
     z = math.atanh(r)
@@ -176,8 +182,8 @@ def partial_spearman(x, y, z) -> dict:
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
     x, y, z = x[ok], y[ok], z[ok]
     n = len(x)
-    out = {"test": "partial spearman", "n": n, "rho": None, "p": None, "ci_low": None, "ci_high": None,
-           "ci_method": "Fisher z, Bonett-Wright variance"}
+    out = {"test": "partial spearman", "n": n, "rho": _NAN, "p": _NAN, "ci_low": _NAN, "ci_high": _NAN,
+           "ci_method": FISHER_Z + ", one controlled variable", "ci_note": ""}
     if n < 5 or min(np.ptp(x), np.ptp(y)) == 0:
         return out
     if np.ptp(z) == 0:  # nothing to control for: the plain rank correlation
@@ -193,7 +199,7 @@ def partial_spearman(x, y, z) -> dict:
     t = r * math.sqrt(df / max(1 - r * r, 1e-300))
     p = float(2 * st.t.sf(abs(t), df))
     lo, hi = spearman_ci(r, n, k=1)
-    out.update(rho=r, p=p, ci_low=lo, ci_high=hi)
+    out.update(rho=r, p=p, ci_low=lo, ci_high=hi, ci_note=_interval_note(lo, hi, effect=r))
     return out
 
 
@@ -210,7 +216,7 @@ def isotonic_trend(x, y, sign: int = -1, *, n_perm: int = 20000, seed: int = 0) 
     y = np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    out = {"test": f"isotonic trend ({'increasing' if sign > 0 else 'decreasing'})", "n": len(x), "e2": None, "p": None}
+    out = {"test": f"isotonic trend ({'increasing' if sign > 0 else 'decreasing'})", "n": len(x), "e2": _NAN, "p": _NAN}
     if len(x) < 3 or np.ptp(y) == 0 or np.ptp(x) == 0:
         return out
     levels, inv = np.unique(x, return_inverse=True)
@@ -284,8 +290,8 @@ def pooled_rank_correlation(x, y, groups) -> dict:
         zy.append((ry - ry.mean()) / ry.std())
         used += 1
     n = int(sum(len(v) for v in zx))
-    out = {"test": "pooled within-group Spearman", "n": n, "groups": used, "rho": None, "p": None,
-           "ci_low": None, "ci_high": None, "ci_method": "Fisher z, Bonett-Wright variance"}
+    out = {"test": "pooled within-group Spearman", "n": n, "groups": used, "rho": _NAN, "p": _NAN,
+           "ci_low": _NAN, "ci_high": _NAN, "ci_method": FISHER_Z + ", one df per group mean", "ci_note": ""}
     if used == 0 or n - 3 - (used - 1) <= 0:
         return out
     a, b = np.concatenate(zx), np.concatenate(zy)
@@ -294,7 +300,7 @@ def pooled_rank_correlation(x, y, groups) -> dict:
     se = spearman_se(r, n, k)
     p = float(2 * st.norm.sf(abs(math.atanh(np.clip(r, -0.999999, 0.999999))) / se))
     lo, hi = spearman_ci(r, n, k=k)
-    out.update(rho=r, p=p, ci_low=lo, ci_high=hi, k=k)
+    out.update(rho=r, p=p, ci_low=lo, ci_high=hi, k=k, ci_note=_interval_note(lo, hi, effect=r))
     return out
 
 
@@ -322,14 +328,14 @@ def mann_whitney_n_for(r: float, *, power: float = POWER, alpha: float = ALPHA) 
     return int(math.ceil(big_n / 2 - 1e-9))
 
 
-def rank_biserial_ci(a, b, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float | None, float | None]:
+def rank_biserial_ci(a, b, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the rank-biserial correlation ``2 P(A > B) - 1`` (groups resampled
     separately, fixed seed). With very small groups it is coarse; it is shown, and no rule depends on it."""
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if len(a) < 2 or len(b) < 2:
-        return None, None
+        return _NAN, _NAN
     rng = np.random.default_rng(seed)
     ra = a[rng.integers(0, len(a), (n_boot, len(a)))]
     rb = b[rng.integers(0, len(b), (n_boot, len(b)))]
@@ -348,6 +354,8 @@ def mann_whitney_with_power(a, b) -> dict:
 
     r = stats.mann_whitney(a, b)
     r["ci_low"], r["ci_high"] = rank_biserial_ci(a, b)
+    r["ci_method"] = "percentile bootstrap, 2000 resamples of each group (rank-biserial)"
+    r["ci_note"] = _interval_note(r["ci_low"], r["ci_high"])
     r["min_p"] = mann_whitney_min_p(r["n_a"], r["n_b"]) if r["n_a"] and r["n_b"] else None
     r["mde_80_rank_biserial"] = mann_whitney_mde(r["n_a"], r["n_b"])
     if _ok(r.get("effect")) and r["effect"]:
@@ -359,8 +367,10 @@ def fmt_mann_whitney(r: dict) -> str:
     """``Mann-Whitney p = 0.029 (smallest possible 0.029), rank-biserial 1.00 [1.00, 1.00], n = 4 vs 4; ...``."""
     from singledir.reporting.formatting import fmt_p
 
+    from singledir.reporting.formatting import fmt_ci
+
     eff = "n/a" if not _ok(r.get("effect")) else f"{r['effect']:.2f}"
-    ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if _ok(r.get("ci_low"), r.get("ci_high")) else ""
+    ci = f" {fmt_ci(r)}" if _ok(r.get("ci_low"), r.get("ci_high")) else ""
     mde = r.get("mde_80_rank_biserial")
     return (f"Mann-Whitney p = {fmt_p(r.get('p'))} (smallest possible {fmt_p(r.get('min_p'))}), "
             f"rank-biserial {eff}{ci}, n = {r['n_a']} vs {r['n_b']}; "
@@ -412,13 +422,15 @@ def paired_ci(a, b, *, level: float = 0.95) -> dict:
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     d = d[np.isfinite(d)]
     n = len(d)
-    out = {"test": "paired t", "n": n, "mean_diff": float(d.mean()) if n else None, "ci_low": None,
-           "ci_high": None, "p": None, "dz": None}
+    out = {"test": "paired t", "n": n, "mean_diff": float(d.mean()) if n else _NAN, "ci_low": _NAN,
+           "ci_high": _NAN, "ci_method": "t interval of the mean paired difference", "ci_note": "", "p": _NAN,
+           "dz": _NAN}
     if n < 2:
         return out
     sd = float(d.std(ddof=1))
-    if sd == 0:
-        out.update(ci_low=out["mean_diff"], ci_high=out["mean_diff"], p=0.0 if out["mean_diff"] else 1.0)
+    if sd == 0:  # no spread: no t interval exists (kept as undefined, never as the point [d, d])
+        out.update(p=0.0 if out["mean_diff"] else 1.0,
+                   ci_note=f"all {n} paired differences are equal ({out['mean_diff']:+.4g}): no t interval")
         return out
     half = st.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     t = out["mean_diff"] / (sd / math.sqrt(n))
@@ -427,62 +439,16 @@ def paired_ci(a, b, *, level: float = 0.95) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------- the rules
-def directional_verdict(effect, ci_low, ci_high, sign: int, bound: float, *, p=None, alpha: float = ALPHA,
-                        fit: bool = True) -> tuple[str, str]:
-    """Three-outcome rule for "the effect goes in direction ``sign``, by at least ``bound``".
-
-    With ``e = sign * effect`` and the 95% interval oriented the same way, checked in this order (so a
-    significant effect smaller than ``bound`` everywhere in its interval is ``not reproduced``):
-
-    - ``not reproduced`` when the interval's upper end is below ``bound`` (an effect of at least the
-      smallest effect of interest in the claimed direction is excluded -- a decisive null, or an effect
-      the other way);
-    - ``reproduced`` when the interval's lower end is above 0 (and ``p < alpha`` when a p-value is
-      given): the claimed direction, significant, and an effect of ``bound`` not excluded;
-    - ``inconclusive`` otherwise, or when ``fit`` is False (the networks did not reach their common fit).
-    """
-    if not fit:
-        return INCONCLUSIVE, "some networks did not reach their training target"
-    if not _ok(effect, ci_low, ci_high):
-        return INCONCLUSIVE, "statistic undefined (too few or constant values)"
-    lo, hi = sorted((sign * float(ci_low), sign * float(ci_high)))
-    want = "positive" if sign > 0 else "negative"
-    if hi < bound:
-        return NOT_REPRODUCED, (f"a {want} effect of at least {bound:g} is excluded (interval end {sign * hi:.3g} "
-                                f"on the claimed side)")
-    if lo > 0 and (not _ok(p) or p < alpha):
-        return REPRODUCED, f"{want}, interval excludes 0" + (f" (p={p:.3g})" if _ok(p) else "")
-    return INCONCLUSIVE, f"interval [{min(ci_low, ci_high):.3g}, {max(ci_low, ci_high):.3g}] contains 0 and reaches {sign * bound:g}"
-
-
-def equivalence_verdict(ci_low, ci_high, bound: float, *, fit: bool = True) -> tuple[str, str]:
-    """TOST-style rule for "no effect": reproduced when the interval lies inside ``(-bound, bound)``.
-
-    Not reproduced when the interval lies entirely outside it (an effect of at least ``bound`` either way);
-    inconclusive otherwise.
-    """
-    if not fit:
-        return INCONCLUSIVE, "some networks did not reach their training target"
-    if not _ok(ci_low, ci_high):
-        return INCONCLUSIVE, "interval undefined"
-    lo, hi = sorted((float(ci_low), float(ci_high)))
-    if -bound < lo and hi < bound:
-        return REPRODUCED, f"interval [{lo:.2f}, {hi:.2f}] inside (-{bound:g}, {bound:g})"
-    if lo >= bound or hi <= -bound:
-        return NOT_REPRODUCED, f"interval [{lo:.2f}, {hi:.2f}] outside (-{bound:g}, {bound:g})"
-    return INCONCLUSIVE, f"interval [{lo:.2f}, {hi:.2f}] crosses +-{bound:g}"
-
-
+# ---------------------------------------------------------------------------- power of a correlation part
 def spearman_power(rho, n: int, *, bound: float, sign: int | None = 1, k: int = 0) -> dict:
     """Power numbers for a rank correlation part: n, rho, its interval, MDE at 80%, and the n that would decide.
 
     ``sign``: the claimed direction (``n_to_decide`` from :func:`directional_n_for` with the observed rho
     as the truth), or None for an equivalence part (:func:`equivalence_n_for`).
     """
-    lo, hi = spearman_ci(rho, n, k=k) if _ok(rho) else (None, None)
-    out = {"n": n, "effect": rho, "effect_name": "rho", "ci_low": lo, "ci_high": hi,
-           "ci_method": "Fisher z, Bonett-Wright variance", "mde_80": spearman_mde(n, k=k), "sesoi": bound}
+    lo, hi = spearman_ci(rho, n, k=k) if _ok(rho) else (_NAN, _NAN)
+    out = {"n": n, "effect": rho, "effect_name": "rho", "ci_low": lo, "ci_high": hi, "ci_method": FISHER_Z,
+           "ci_note": _interval_note(lo, hi, effect=rho), "mde_80": spearman_mde(n, k=k), "sesoi": bound}
     if _ok(rho):
         r = float(np.clip(rho, -0.999, 0.999))
         out["n_to_decide"] = equivalence_n_for(bound, r, k=k) if sign is None else directional_n_for(sign * r, bound, k=k)
@@ -496,17 +462,21 @@ def spearman_with_power(x, y, *, bound: float, sign: int | None = 1) -> dict:
 
     c = stats.spearman(x, y)
     c["boot_ci_low"], c["boot_ci_high"] = c["ci_low"], c["ci_high"]
-    c["ci_low"], c["ci_high"] = spearman_ci(c["rho"], c["n"]) if _ok(c["rho"]) else (None, None)
-    c["ci_method"] = "Fisher z, Bonett-Wright variance"
+    c["boot_ci_method"], c["boot_ci_note"] = c["ci_method"], c["ci_note"]
+    c["ci_low"], c["ci_high"] = spearman_ci(c["rho"], c["n"]) if _ok(c["rho"]) else (_NAN, _NAN)
+    c["ci_method"] = FISHER_Z
+    c["ci_note"] = _interval_note(c["ci_low"], c["ci_high"], effect=c["rho"])
     c["power"] = spearman_power(c["rho"], c["n"], bound=bound, sign=sign)
     return c
 
 
 def fmt_power(pw: dict, *, effect: bool = False) -> str:
     """One line: ``n = 12; detects |rho| >= 0.73 at 80% power; decided at n ~ 30`` (``effect``: with rho and CI)."""
+    from singledir.reporting.formatting import fmt_ci
+
     bits = [f"n = {pw.get('n')}"]
     if effect and _ok(pw.get("effect")):
-        ci = f" [{pw['ci_low']:.2f}, {pw['ci_high']:.2f}]" if _ok(pw.get("ci_low"), pw.get("ci_high")) else ""
+        ci = f" {fmt_ci(pw)}" if _ok(pw.get("ci_low"), pw.get("ci_high")) else ""
         bits.append(f"{pw.get('effect_name', 'effect')} = {pw['effect']:.2f}{ci}")
     name = pw.get("effect_name", "effect")
     if pw.get("mde_80") is not None:
@@ -522,4 +492,4 @@ __all__ = ["spearman_se", "spearman_ci", "spearman_n_for", "spearman_mde", "excl
            "mann_whitney_mde", "mann_whitney_n_for", "mann_whitney_min_p", "rank_biserial_ci",
            "mann_whitney_with_power", "fmt_mann_whitney", "paired_mde", "paired_n_for", "paired_ci", "isotonic_trend", "isotonic_e2",
            "pooled_rank_correlation",
-           "directional_verdict", "equivalence_verdict", "spearman_power", "spearman_with_power", "fmt_power"]
+           "spearman_power", "spearman_with_power", "fmt_power"]

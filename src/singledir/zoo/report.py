@@ -153,6 +153,11 @@ def write_report(out, doc: dict, table: pd.DataFrame) -> None:
     rel = board[board["reliance"]] if not board.empty else board
     rel_line = "; ".join(f"{r.measure} rank {r.rank} of {len(board)} (psi {_f(r.psi)})" for r in rel.itertuples())
     unconv = doc["unconverged"]
+    scored = table[table["converged"]] if "converged" in table else table
+    constant = [n for n in (board["measure"] if not board.empty else []) if n in scored
+                and scored[n].dropna().nunique() <= 1 and scored[n].notna().any()]
+    const_line = ("Constant over the scored models (no ranking information: every pair is a tie, so tau, psi "
+                  f"and CMI say nothing about it): {', '.join(constant)}." if constant else "")
     md = [
         f"# Generalization-measure zoo: preset {doc['preset']}",
         "",
@@ -172,6 +177,8 @@ def write_report(out, doc: dict, table: pd.DataFrame) -> None:
         _md_table(_board_view(board)) if not board.empty else f"No scores: {doc.get('score_error')}",
         "",
     ]
+    if const_line:
+        md += [const_line, ""]
     if figs:
         md += [f"![{Path(f).stem}]({f})" for f in figs] + [""]
     worst = _worst_per_axis(doc, board)
@@ -209,6 +216,8 @@ def write_report(out, doc: dict, table: pd.DataFrame) -> None:
         body.append("</table>")
     else:
         body.append(f"<p>No scores: {esc(doc.get('score_error'))}</p>")
+    if const_line:
+        body.append(f"<p><strong>{esc(const_line)}</strong></p>")
     body += [f'<p><img src="{esc(f)}" style="max-width:100%"></p>' for f in figs]
     if not worst.empty:
         body.append("<h2>Robust sign-error per axis (worst environment)</h2><table><tr>"
@@ -222,7 +231,8 @@ def write_report(out, doc: dict, table: pd.DataFrame) -> None:
     body.append("<h2>Missing measure values</h2><ul>" + "".join(
         f"<li>{esc(n)}: {len(v)} model(s), e.g. {esc(next(iter(v.values())))}</li>" for n, v in miss.items()) + "</ul>")
     body.append(f"<p>{esc(md[-3])}</p><p>{esc(md[-1])}</p>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>singledir zoo</title><style>"
-            "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;font-size:13px}"
-            "td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    from singledir.reporting.report import CSS
+
+    page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>singledir zoo</title><style>" + CSS
+            + "body{max-width:1200px}</style></head><body>" + "\n".join(body) + "</body></html>\n")
     atomic_write_text(out / "index.html", page)

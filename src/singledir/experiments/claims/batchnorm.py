@@ -11,7 +11,8 @@ from __future__ import annotations
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import jobs, verdicts
+from singledir.analysis import jobs
+from singledir.experiments import verdicts
 from singledir.stats import power
 from singledir.reporting.formatting import fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
@@ -36,9 +37,11 @@ RULE = (
     "if in the claimed direction and p < 0.05, not reproduced if opposite and p < 0.05, else inconclusive "
     "(the smallest p possible with these group sizes is shown). The claim is reproduced when all three "
     "parts are, not reproduced when any is. Shown, not in the verdict: selectivity per depth, and the "
-    "pooled unit-level tests (feature maps of one network are not independent). Changed after a run where "
-    "the pooled unit-level tests were in the verdict and the 40-epoch cap stopped every network without "
-    "batch norm before the target."
+    "pooled unit-level tests (feature maps of one network are not independent)."
+)
+RULE_HISTORY = (
+    "Changed after a run where the pooled unit-level tests were in the verdict and the 40-epoch cap stopped "
+    "every network without batch norm before the target."
 )
 
 
@@ -54,7 +57,7 @@ def network_rule(with_bn, without, sign: int, *, fit: bool = True) -> tuple[str,
 def run(ctx: Context) -> ClaimResult:
     s = ctx.settings
     if s.get("skip"):
-        return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdicts.INCONCLUSIVE, f"not run: {s['skip']}", "not run",
+        return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdicts.SKIPPED, f"not run: {s['skip']}", "skipped",
                            [], s, [], notes=[s["skip"]])
 
     # ---- the same ConvNets with and without batch norm
@@ -106,16 +109,19 @@ def run(ctx: Context) -> ClaimResult:
 
     # ---- figures: Fig 5b (ablation curves) and Fig 6 (distributions)
     curves = pd.concat([x["curves"].assign(bn=label[bn]) for x, (bn, _) in zip(abl, keys)])
-    ctx.figure(plot_curves(curves, "fraction", "accuracy", group="bn", ylabel="test accuracy",
+    ctx.figure(plot_curves(curves.rename(columns={"bn": "condition"}), "fraction", "accuracy", group="condition",
+                           ylabel="test accuracy",
                            title="ConvNets with and without batch norm"),
                "ablation", f"Cumulative ablation (test data, feature maps of the {s['ablation']['layers']} unit "
                f"layers) of {len(s['seeds'])} ConvNets per condition; mean +- std over networks and orders. "
                f"Paper Fig. 5b.")
-    ctx.figure(plot_histogram(live, "selectivity", group="bn", bins=20, range=(0, 1), density=True,
+    ctx.figure(plot_histogram(live.rename(columns={"bn": "condition"}), "selectivity", group="condition", bins=20,
+                              range=(0, 1), density=True,
                               title="Class selectivity of feature maps"),
                "selectivity", "Class selectivity index of every live feature map (all conv layers, all "
                "networks, test set). Paper Fig. 6.")
-    ctx.figure(plot_histogram(live, "mutual_info", group="bn", bins=20, density=True,
+    ctx.figure(plot_histogram(live.rename(columns={"bn": "condition"}), "mutual_info", group="condition", bins=20,
+                              density=True,
                               title="Mutual information of feature maps"),
                "mutual-info", "Mutual information between each feature map's activity and the class (bits). "
                "Paper Fig. 6.")
@@ -124,6 +130,7 @@ def run(ctx: Context) -> ClaimResult:
     notes = [f"{int(units['dead'].sum())} dead feature maps (never active) left out of the distributions."]
     if not fit:
         notes.append(f"{int((~runs['target_reached']).sum())} network(s) stopped at the epoch cap before the target.")
-    key = "; ".join(f"{p.name}: {p.verdict}" for p in parts if p.in_verdict)
+    key = "; ".join(f"{p.name}: {p.numbers.get('mean_a', float('nan')):.3g} with vs {p.numbers.get('mean_b', float('nan')):.3g} "
+                    f"without batch norm, p = {fmt_p(p.numbers.get('p'))} ({p.verdict})" for p in parts if p.in_verdict)
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, s, ctx.figures,
                        {"networks": runs, "selectivity per depth": by_depth}, {}, notes, runs=ctx.runs)

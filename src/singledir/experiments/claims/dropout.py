@@ -13,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from singledir.experiments import jobs, verdicts
+from singledir.analysis import jobs
+from singledir.experiments import verdicts
 from singledir.stats import power
+from singledir.reporting.formatting import fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves
 
@@ -26,7 +28,7 @@ STATEMENT = (
     "so dropout regularizes reliance on single directions only up to a point (Morcos et al. 2018, Fig. 5a)."
 )
 RULE = (
-    "Declared before any result. For each dropout fraction d > 0, using the networks trained on fully "
+    "For each dropout fraction d > 0, using the networks trained on fully "
     "corrupted labels (p = 1) and their ablation curves on their own training labels, per random order: "
     "retained(d) = accuracy at fraction d / accuracy at 0; knee(d) = [accuracy(d) - accuracy(min(2d, 1))] "
     "- [accuracy(0) - accuracy(d)], divided by accuracy(0) (accuracy lost just past d minus lost up to d). "
@@ -38,8 +40,11 @@ RULE = (
     "replicates within one network per setting and seed, so the p-values speak for these networks. All "
     "memorizing networks must reach their training-accuracy target, otherwise inconclusive. The claim is "
     "reproduced when every part is, not reproduced when any is. Clean-label networks are shown for "
-    "reference. Changed after a run showed the former part (loss in [d, 2d] > loss in [0, d] within one "
-    "network) held for every curve, clean and no-dropout included, so it could not fail."
+    "reference."
+)
+RULE_HISTORY = (
+    "Changed after a run showed the former part (loss in [d, 2d] > loss in [0, d] within one network) held "
+    "for every curve, clean and no-dropout included, so it could not fail."
 )
 
 
@@ -117,6 +122,8 @@ def run(ctx: Context) -> ClaimResult:
     verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     if not reached:
         reason += "; some memorizing networks did not reach the training target"
-    key = f"{sum(p.verdict == verdicts.REPRODUCED for p in parts)}/{len(parts)} parts reproduced"
+    key = (f"{sum(p.verdict == verdicts.REPRODUCED for p in parts)}/{len(parts)} parts reproduced: "
+           + "; ".join(f"{p.name} {p.numbers.get('mean_a', float('nan')):+.3f} vs {p.numbers.get('mean_b', float('nan')):+.3f} "
+                       f"without dropout, p = {fmt_p(p.numbers.get('p'))}" for p in parts if p.in_verdict))
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, s, ctx.figures,
                        {"memorizing networks": pd.DataFrame(rows), "networks": runs}, {}, [], runs=ctx.runs)

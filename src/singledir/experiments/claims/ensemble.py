@@ -12,7 +12,8 @@ from __future__ import annotations
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import jobs, verdicts
+from singledir.analysis import jobs
+from singledir.experiments import verdicts
 from singledir.stats import power
 from singledir.reporting.formatting import fmt_corr, fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
@@ -36,7 +37,9 @@ RULE = (
     f"{BOUND} (a positive association of at least {BOUND} is excluded: a decisive null, or the opposite "
     "sign); else inconclusive (the report says how many networks would decide it). Every network must "
     "reach the target, otherwise inconclusive. Shown, not in the verdict: nAUC vs the generalization gap, "
-    "the partial correlation controlling for training accuracy, and the 5-best vs 5-worst Mann-Whitney U. "
+    "the partial correlation controlling for training accuracy, and the 5-best vs 5-worst Mann-Whitney U."
+)
+RULE_HISTORY = (
     "Changed after runs of 20 networks trained a fixed 10 epochs (too few to detect rho = 0.3, and test "
     "accuracy tracking training accuracy)."
 )
@@ -45,7 +48,9 @@ RULE = (
 def correlation_rule(x, y, sign: int, *, fit: bool = True, bound: float = BOUND) -> tuple[str, str, dict]:
     """Directional rank-correlation rule with a decisive null (see ``RULE``) -> ``(verdict, reason, numbers)``."""
     c = power.spearman_with_power(x, y, bound=bound, sign=sign)
-    verdict, reason = power.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], sign, bound, p=c["p"], fit=fit)
+    verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], sign, bound, p=c["p"], fit=fit)
+    c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=sign, bound=bound)
+    verdicts.decided(verdict, c["power"])
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} networks would decide it at 80% power"
     return verdict, reason, c
@@ -73,7 +78,7 @@ def run(ctx: Context) -> ClaimResult:
              f"{fmt_corr(c_acc, '(nAUC, test acc)')}; {power.fmt_power(c_acc['power'])}", c_acc),
         Part("AUC vs generalization gap", vg, whyg,
              f"{fmt_corr(c_gap, '(nAUC, gap)')}; {power.fmt_power(c_gap['power'])}", c_gap, in_verdict=False),
-        Part("AUC vs test accuracy | train accuracy", *power.directional_verdict(
+        Part("AUC vs test accuracy | train accuracy", *verdicts.directional_verdict(
             partial["rho"], partial["ci_low"], partial["ci_high"], +1, BOUND, p=partial["p"]),
             fmt_corr(partial, "(nAUC, test acc | train acc), partial"), partial, in_verdict=False),
     ]

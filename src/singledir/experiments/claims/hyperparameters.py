@@ -12,9 +12,10 @@ from __future__ import annotations
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import jobs, verdicts
+from singledir.analysis import jobs
+from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_corr
+from singledir.reporting.formatting import fmt_ci, fmt_corr
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_scatter
 
@@ -35,8 +36,11 @@ RULE = (
     f"by Fisher z with the Bonett-Wright variance), smallest effect of interest {BOUND}. Reproduced if "
     f"the interval lies above 0 and p < 0.05; not reproduced (checked first) if its upper end is below {BOUND}; else "
     "inconclusive. The plain rho with nAUC and with raw AUC, and rho(nAUC, train accuracy), are shown but "
-    "do not enter the verdict. Changed after a run where every network trained a fixed 10 epochs and "
-    "rho(nAUC, train accuracy) = 0.77 confounded the plain correlation."
+    "do not enter the verdict."
+)
+RULE_HISTORY = (
+    "Changed after a run where every network trained a fixed 10 epochs and rho(nAUC, train accuracy) = 0.77 "
+    "confounded the plain correlation."
 )
 
 
@@ -45,7 +49,9 @@ def partial_rule(auc, test_acc, train_acc, *, bound: float = BOUND) -> tuple[str
     c = power.partial_spearman(auc, test_acc, train_acc)
     pw = power.spearman_power(c["rho"], c["n"], bound=bound, sign=+1, k=1)
     c["power"] = pw
-    verdict, reason = power.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], +1, bound, p=c["p"])
+    verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], +1, bound, p=c["p"])
+    c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=+1, bound=bound, k=1)
+    verdicts.decided(verdict, c.get("power"))
     if verdict == verdicts.INCONCLUSIVE and pw.get("n_to_decide"):
         reason += f"; about {pw['n_to_decide']} networks would decide it at 80% power"
     return verdict, reason, c
@@ -79,12 +85,14 @@ def run(ctx: Context) -> ClaimResult:
         Part("nAUC vs train accuracy (the confound)", verdicts.INCONCLUSIVE, "descriptive (not in the verdict)",
              fmt_corr(c_fit, "(nAUC, train acc)"), c_fit, in_verdict=False),
     ]
-    runs["setting"] = [f"lr={lr:g}, bs={bs}" for lr, bs in zip(runs["lr"], runs["batch_size"])]
-    ctx.figure(plot_scatter(runs, "nauc", "test_acc", group="setting", annotate_rho=False,
+    ctx.figure(plot_scatter(runs.rename(columns={"lr": "learning rate", "batch_size": "batch size"}), "nauc",
+                            "test_acc", group="learning rate", marker_by="batch size", annotate_rho=False,
                             xlabel="normalized ablation AUC (training data)", ylabel="test accuracy",
-                            title=f"lr x batch-size grid: {fmt_corr(c)}"),
-               "auc-vs-test", "Each point is one network of the learning-rate x batch-size grid (colour: "
-               "setting; several seeds each). Paper Fig. 4 (hyperparameter panel).")
+                            title="lr x batch-size grid",
+                            pooled=f"verdict: partial rho(nAUC, test acc | train acc) = {cp['rho']:.2f} "
+                                   f"{fmt_ci(cp)}, n = {cp['n']}"),
+               "auc-vs-test", "Each point is one network of the learning-rate x batch-size grid (colour: learning "
+               "rate; marker: batch size; several seeds each). Paper Fig. 4 (hyperparameter panel).")
     table = runs.groupby(["lr", "batch_size"], as_index=False)[["test_acc", "train_acc", "epochs", "nauc", "auc"]].mean()
 
     verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from singledir.experiments import jobs, verdicts
+from singledir.analysis import jobs
+from singledir.experiments import verdicts
 from singledir.stats import power
 from singledir.reporting.formatting import fmt_corr, fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
@@ -35,8 +36,11 @@ RULE = (
     f"fit), or when the 95% interval of Spearman rho(AUC, p) (Fisher z, Bonett-Wright variance) "
     f"excludes every rho <= -{BOUND} (no decrease of at least a moderate size). Otherwise inconclusive. "
     "Every network must reach its training-accuracy target, otherwise inconclusive. The claim is "
-    "reproduced when every part is, not reproduced when any part is. Changed from a Spearman-only rule "
-    "after runs with one ConvNet per p (n = 6 needs an almost perfect ordering) and plateaus."
+    "reproduced when every part is, not reproduced when any part is."
+)
+RULE_HISTORY = (
+    "Changed from a Spearman-only rule after runs with one ConvNet per p (n = 6 needs an almost perfect "
+    "ordering) and plateaus."
 )
 
 # Independent replication (MNIST MLP 2x512, 640 epochs) -- paper notes; not numbers from the paper.
@@ -91,6 +95,10 @@ def trend_rule(p, auc, *, fit: bool = True, bound: float = BOUND, n_perm: int = 
     up = power.isotonic_trend(p, auc, +1, n_perm=n_perm)
     lo, hi, pw = corr["ci_low"], corr["ci_high"], corr["power"]
     numbers = dict(corr, trend_down=down, trend_up=up)
+    trend = verdicts.p_margin(down["p"])
+    rho_end = f"{lo:.2f} vs -{bound:g} (not reproduced above it)" if verdicts.defined(lo) else "undefined"
+    numbers["stability"] = {"margin": trend["margin"],
+                            "text": f"falling-trend {trend['text']}; rho interval lower end {rho_end}"}
     if not fit:
         return verdicts.INCONCLUSIVE, "some networks did not reach their training target", numbers
     if not (verdicts.defined(down["p"]) and verdicts.defined(corr["rho"])):
@@ -106,8 +114,19 @@ def trend_rule(p, auc, *, fit: bool = True, bound: float = BOUND, n_perm: int = 
                                 f"{power.fmt_power(pw)}"), numbers
 
 
+P_LEGEND = "fraction of labels corrupted (p)"  # the legend title of the figures grouped by p
+
+
+def _auc_vs_p(ctx: Context, runs: pd.DataFrame, kind: str, name: str) -> None:
+    ctx.figure(plot_scatter(runs, "corrupt", "auc", xlabel="fraction of labels corrupted (p)",
+                            ylabel="ablation AUC (training data)", title=f"{kind}: AUC vs label corruption"),
+               name, f"Area under each {kind}'s ablation curve against its corruption fraction (the "
+               f"'{kind} ablation' part of the verdict).")
+
+
 def _ablation_part(name: str, runs: pd.DataFrame, auc_col: str) -> Part:
     verdict, reason, numbers = trend_rule(runs["corrupt"], runs[auc_col], fit=bool(runs["target_reached"].all()))
+    verdicts.decided(verdict, numbers.get("power"))
     label = auc_col.replace("_", " ")
     text = (f"{fmt_corr(numbers, f'({label}, corruption)')}; isotonic trend "
             f"p = {fmt_p(numbers['trend_down']['p'])}; {power.fmt_power(numbers['power'])}")
@@ -131,21 +150,19 @@ def run(ctx: Context) -> ClaimResult:
     tables["MLP networks"] = mlp_runs
 
     curves = pd.concat([a["curves"].assign(p=p) for a, p in zip(abl, mlp_runs["corrupt"])])
-    ctx.figure(plot_curves(curves, "fraction", "accuracy", group="p",
+    ctx.figure(plot_curves(curves.rename(columns={"p": P_LEGEND}), "fraction", "accuracy", group=P_LEGEND,
                            ylabel="training accuracy (run's labels)",
                            title=f"MLP {s['train']['width']}x2: cumulative ablation"),
                "mlp-ablation", "Training accuracy (on each network's own, corrupted, labels) as more and more "
                "units of both hidden layers are ablated (zeroed) in random order; mean +- std over orders "
                "(and seeds), one line per corruption fraction p. Paper Fig. 1.")
     noise_curves = pd.concat([n["curves"].assign(p=p) for n, p in zip(nz, mlp_runs["corrupt"])])
-    ctx.figure(plot_curves(noise_curves, "scale", "accuracy", group="p", logx=True,
+    ctx.figure(plot_curves(noise_curves.rename(columns={"p": P_LEGEND}), "scale", "accuracy", group=P_LEGEND, logx=True,
                            ylabel="training accuracy (run's labels)", title="MLP: Gaussian noise on all units"),
                "mlp-noise", "Training accuracy when zero-mean Gaussian noise with std = scale x each unit's "
                "training std is added to every unit of both hidden layers; mean +- std over noise draws. "
                "Paper Fig. 2.")
-    ctx.figure(plot_scatter(mlp_runs, "corrupt", "auc", xlabel="fraction of labels corrupted (p)",
-                            ylabel="ablation AUC (training data)", title="AUC vs label corruption"),
-               "auc-vs-p", "Area under each network's ablation curve against its corruption fraction.")
+    _auc_vs_p(ctx, mlp_runs, "MLP", "auc-vs-p")
 
     # ---- the independent replication's numbers, next to ours
     tables["Reference comparison"] = _reference_table(mlp_runs, curves, noise_curves)
@@ -163,11 +180,12 @@ def run(ctx: Context) -> ClaimResult:
         parts.append(_ablation_part("ConvNet ablation", conv_runs, "auc"))
         tables["ConvNet networks"] = conv_runs
         ccurves = pd.concat([a["curves"].assign(p=p) for a, p in zip(cabl, conv_runs["corrupt"])])
-        ctx.figure(plot_curves(ccurves, "fraction", "accuracy", group="p",
+        ctx.figure(plot_curves(ccurves.rename(columns={"p": P_LEGEND}), "fraction", "accuracy", group=P_LEGEND,
                                ylabel="training accuracy (run's labels)",
                                title=f"ConvNet (width x{conv['train'].get('width_mult', 1):g}): ablation"),
                    "convnet-ablation", f"As the MLP figure, for the 11-layer ConvNet; feature maps of the "
                    f"{conv['ablation']['layers']} unit layers pooled.")
+        _auc_vs_p(ctx, conv_runs, "ConvNet", "convnet-auc-vs-p")
         missed = int((~conv_runs["target_reached"]).sum())
         if missed:
             notes.append(f"{missed} ConvNet(s) stopped at the epoch cap before the training-accuracy target.")

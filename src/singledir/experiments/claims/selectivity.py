@@ -10,9 +10,10 @@ from __future__ import annotations
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import jobs, verdicts
+from singledir.analysis import jobs
+from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_corr, fmt_p
+from singledir.reporting.formatting import fmt_ci, fmt_corr, fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_scatter
 
@@ -38,9 +39,11 @@ RULE = (
     f"lies below 0 and p < 0.05, not reproduced (checked first) if it excludes every rho <= -{BOUND}, else inconclusive. "
     "The claim is reproduced when every part is, not reproduced when any is. Shown, not in the verdict: "
     "per-layer correlations, the early-layer mutual information, and selectivity by depth (Spearman rho of "
-    "mean selectivity vs layer depth, claimed positive; an appendix claim about ResNet-50). Changed after "
-    "a run whose rule needed every one of 16 layer x measure intervals below 0.3 (with a true rho of 0 that "
-    "passes with < 1% probability) and never tested the early layers."
+    "mean selectivity vs layer depth, claimed positive; an appendix claim about ResNet-50)."
+)
+RULE_HISTORY = (
+    "Changed after a run whose rule needed every one of 16 layer x measure intervals below 0.3 (with a true "
+    "rho of 0 that passes with < 1% probability) and never tested the early layers."
 )
 MEASURES = ("selectivity", "mutual_info")
 
@@ -49,7 +52,10 @@ def equivalence_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, d
     """Pooled within-layer rank correlation inside (-bound, bound)? -> ``(verdict, reason, numbers)``."""
     c = power.pooled_rank_correlation(x, y, layers)
     c["power"] = power.spearman_power(c["rho"], c["n"], bound=bound, sign=None, k=c.get("k", 0))
-    verdict, reason = power.equivalence_verdict(c["ci_low"], c["ci_high"], bound)
+    verdict, reason = verdicts.equivalence_verdict(c["ci_low"], c["ci_high"], bound)
+    c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="equivalence", bound=bound,
+                                                    k=c.get("k", 0))
+    verdicts.decided(verdict, c.get("power"))
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} units would decide it at 80% power"
     return verdict, reason, c
@@ -59,7 +65,10 @@ def negative_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, dict
     """Pooled within-layer rank correlation claimed negative -> ``(verdict, reason, numbers)``."""
     c = power.pooled_rank_correlation(x, y, layers)
     c["power"] = power.spearman_power(c["rho"], c["n"], bound=bound, sign=-1, k=c.get("k", 0))
-    verdict, reason = power.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
+    verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
+    c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=-1, bound=bound,
+                                                    k=c.get("k", 0))
+    verdicts.decided(verdict, c.get("power"))
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} units would decide it at 80% power"
     return verdict, reason, c
@@ -68,7 +77,7 @@ def negative_rule(x, y, layers, *, bound: float = BOUND) -> tuple[str, str, dict
 def _pooled_text(c: dict, what: str) -> str:
     if not verdicts.defined(c["rho"]):
         return f"pooled within-layer rho({what}, importance) undefined (n={c['n']})"
-    return (f"pooled within-layer rho({what}, importance) = {c['rho']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}], "
+    return (f"pooled within-layer rho({what}, importance) = {c['rho']:.2f} {fmt_ci(c)}, "
             f"{c['groups']} layers, p = {fmt_p(c['p'])}; "
             f"{power.fmt_power(c['power'])}")
 
@@ -105,7 +114,8 @@ def run(ctx: Context) -> ClaimResult:
                 c = stats.spearman(g[measure], g["accuracy_drop"])
                 rows.append({"network": kind, "layer": layer, "depth": int(g["depth"].iloc[0]), "measure": measure,
                              "n_units": c["n"], "late": bool(len(units[units["layer"] == layer]) >= min_units),
-                             "rho": c["rho"], "p": c["p"], "ci_low": c["ci_low"], "ci_high": c["ci_high"]})
+                             "rho": c["rho"], "p": c["p"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                             "ci_method": c["ci_method"], "ci_note": c["ci_note"]})
     units = pd.concat(frames)
     table = pd.DataFrame(rows)
 
@@ -124,14 +134,18 @@ def run(ctx: Context) -> ClaimResult:
     for kind in nets:
         sub = units[(units["network"] == kind) & ~units["dead"].astype(bool)]
         for measure in ("selectivity", "mutual_info"):
-            ctx.figure(plot_scatter(sub, measure, "accuracy_drop", group="layer", title=f"{kind}: {measure} vs importance"),
+            named = sub.sort_values("depth", kind="stable")
+            named = named.assign(**{"layer (by depth)": [f"{int(d):02d}: {n}" for d, n in zip(named["depth"], named["layer"])]})
+            ctx.figure(plot_scatter(named, measure, "accuracy_drop", group="layer (by depth)",
+                                    title=f"{kind}: {measure} vs importance"),
                        f"{kind.lower()}-{measure.replace('_', '-')}",
                        f"Each point is one live unit of the {kind}; x: its {measure.replace('_', ' ')} (test set), y: "
-                       f"the test accuracy lost when it alone is ablated. Spearman rho per layer in the legend. Paper Fig. 7.")
+                       f"the test accuracy lost when it alone is ablated. Spearman rho per layer in the legend; its title the "
+                       f"within-layer pooled rho over the plotted layers (the verdict's method; the verdict's parts "
+                       f"take the late and the early layers apart). Paper Fig. 7.")
 
     verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
     n_in = [p for p in parts if p.in_verdict]
-    key = "; ".join(f"{p.name}: rho {_f2(p.numbers.get('rho'))} [{_f2(p.numbers.get('ci_low'))}, "
-                    f"{_f2(p.numbers.get('ci_high'))}]" for p in n_in)
+    key = "; ".join(f"{p.name}: rho {_f2(p.numbers.get('rho'))} {fmt_ci(p.numbers)}" for p in n_in)
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, s, ctx.figures,
                        {"per layer": table, "selectivity by depth": depth}, {}, [], runs=ctx.runs)

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 
 from singledir import stats
-from singledir.experiments import jobs, verdicts
+from singledir.analysis import jobs
+from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_corr, fmt_p
+from singledir.reporting.formatting import fmt_ci, fmt_corr, fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
 
 NAME = "training-dynamics"
@@ -39,8 +40,10 @@ RULE = (
     f"-{MARGIN} (stopping at the nAUC peak loses less than {MARGIN:g} test accuracy: non-inferior), not "
     f"reproduced if its upper end is below -{MARGIN}, else inconclusive. The claim is reproduced when every "
     "part is, not reproduced when any is. Shown, not in the verdict: the raw AUC (it includes the rising "
-    "training accuracy), and stopping at the nAUC peak vs training to the last epoch (paired t). This rule "
-    "changed after a run showed the raw AUC tracking training accuracy: the verdict used the raw AUC "
+    "training accuracy), and stopping at the nAUC peak vs training to the last epoch (paired t)."
+)
+RULE_HISTORY = (
+    "Changed after a run showed the raw AUC tracking training accuracy: the verdict used the raw AUC "
     "before; the ensemble and grid claims already used the normalized AUC."
 )
 
@@ -50,7 +53,9 @@ def dynamics_rule(nauc, test_loss, *, bound: float = BOUND) -> tuple[str, str, d
     c = power.spearman_with_power(nauc, test_loss, bound=bound, sign=-1)
     if c["n"] < 5:
         return verdicts.INCONCLUSIVE, f"too few checkpoints (n={c['n']} < 5)", c
-    verdict, reason = power.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
+    verdict, reason = verdicts.directional_verdict(c["rho"], c["ci_low"], c["ci_high"], -1, bound, p=c["p"])
+    c["stability"] = verdicts.correlation_stability(c["rho"], c["n"], rule="directional", sign=-1, bound=bound)
+    verdicts.decided(verdict, c.get("power"))
     if verdict == verdicts.INCONCLUSIVE and c["power"].get("n_to_decide"):
         reason += f"; about {c['power']['n_to_decide']} checkpoints would decide it at 80% power"
     return verdict, reason, c
@@ -60,7 +65,13 @@ def early_stopping_rule(at_peak, at_best, *, margin: float = MARGIN) -> tuple[st
     """Non-inferiority of stopping at the nAUC peak vs at the lowest test loss, paired across seeds."""
     d = power.paired_ci(at_peak, at_best)
     d["margin"] = margin
+    d["stability"] = verdicts.interval_margin(d["ci_low"], d["ci_high"], reproduced_if_low_above=-margin,
+                                              not_if_high_below=-margin)
     d["mde_80_dz"] = power.paired_mde(d["n"]) if d["n"] >= 2 else None
+    if d.get("ci_note") and verdicts.defined(d["mean_diff"]):  # every seed the same difference: no interval
+        v = verdicts.REPRODUCED if d["mean_diff"] > -margin else verdicts.NOT_REPRODUCED
+        return v, (f"{d['ci_note']}; every seed's difference is {'above' if d['mean_diff'] > -margin else 'below'} "
+                   f"-{margin:g}"), d
     if not verdicts.defined(d["ci_low"]):
         return verdicts.INCONCLUSIVE, f"too few seeds (n={d['n']})", d
     if d["ci_low"] > -margin:
@@ -119,16 +130,16 @@ def run(ctx: Context) -> ClaimResult:
     diff = table["test_acc_at_nauc_peak"] - table["test_acc_at_min_test_loss"]
     parts.append(Part("early stopping at the nAUC peak", v, why,
                       f"test acc at nAUC peak - at lowest test loss: mean {es['mean_diff']:+.4f}, 95% CI "
-                      f"[{_fmt(es['ci_low'])}, {_fmt(es['ci_high'])}] (paired t, n = {es['n']} seeds; per seed "
+                      f"{fmt_ci(es, 4)} (paired t, n = {es['n']} seeds; per seed "
                       f"{', '.join(f'{x:+.4f}' for x in diff)}); margin -{MARGIN:g}; detects a standardized "
                       + (f"difference d_z >= {es['mde_80_dz']:.2f} at 80% power" if es["mde_80_dz"] else "difference "
                          "at 80% power: too few seeds"), es))
     last = power.paired_ci(table["test_acc_at_nauc_peak"], table["final_test_acc"])
-    parts.append(Part("nAUC peak vs last epoch", *power.directional_verdict(
+    parts.append(Part("nAUC peak vs last epoch", *verdicts.directional_verdict(
         last["mean_diff"], last["ci_low"], last["ci_high"], +1, 0.0, p=last["p"]) if verdicts.defined(last["ci_low"])
-        else (verdicts.INCONCLUSIVE, "too few seeds"),
-        f"test acc at nAUC peak - at the last epoch: mean {_fmt(last['mean_diff'])}, 95% CI [{_fmt(last['ci_low'])}, "
-        f"{_fmt(last['ci_high'])}], paired t p = {fmt_p(last['p'])}", last, in_verdict=False))
+        else (verdicts.INCONCLUSIVE, last.get("ci_note") or "too few seeds"),
+        f"test acc at nAUC peak - at the last epoch: mean {_fmt(last['mean_diff'])}, 95% CI {fmt_ci(last, 4)}, "
+        f"paired t p = {fmt_p(last['p'])}", last, in_verdict=False))
 
     ctx.figure(_figure(auc, histories, table, dirs, s["seeds"]), "over-training",
                "Top: normalized ablation AUC (solid; raw AUC dotted) on the training data at log-spaced "

@@ -1,4 +1,9 @@
-"""The claims' per-run jobs: ablation, noise, selectivity and importance of one run each, plus run facts.
+"""The per-run measurements: the building blocks of :func:`singledir.analysis.analyze` and the claims' jobs.
+
+One home for what one run's analysis computes, so ``singledir analyze`` and ``singledir reproduce``
+give the same number under the same name: :func:`unit_table` (selectivity, mutual information and
+single-unit importance, one join rule), :func:`noise_auc` (the noise areas, each under one name) and
+the default noise grid (:data:`singledir.reliance.noise.DEFAULT_SCALES`).
 
 Offers the jobs :func:`ablation`, :func:`noise`, :func:`selectivity`, :func:`importance` -- each takes a
 run directory and keyword settings and returns ``{name: DataFrame}``, so
@@ -6,8 +11,7 @@ run directory and keyword settings and returns ``{name: DataFrame}``, so
 the run (plain module-level functions, picklable for spawned workers) -- and the helpers
 :func:`run_summary` (one table row per run, read through :func:`singledir.training.read_summary`),
 :func:`curve_auc`, :func:`noise_auc`, :func:`eval_data`, :func:`pick_layers`, :func:`fraction_levels`,
-:func:`unit_levels`. (Named ``jobs`` so that nothing here
-shares a name with :mod:`singledir.analysis`, the single-network analysis of ``singledir analyze``.)
+:func:`unit_levels`.
 
 Decisions stated in the report:
 
@@ -17,10 +21,14 @@ Decisions stated in the report:
   training split the labels are the run's own (corrupted) labels.
 - AUC (:func:`singledir.stats.ablation_auc`): area under accuracy vs fraction of units ablated (x in
   [0, 1]), trapezoid rule, per ablation order; ``nauc`` = AUC / unablated accuracy of the same curve.
-- Noise AUC (:func:`singledir.stats.noise_auc_range_normalized`, column ``noise_auc_range_normalized``):
-  mean accuracy over the log-spaced noise scales (area under accuracy vs log10 scale divided by the log
-  range) -- not divided by the noise-free accuracy, unlike ``normalized_auc`` of
-  :meth:`singledir.reliance.noise.NoiseResult.auc`.
+- Noise areas (:func:`noise_auc`), per noise repeat, each with one name: ``noise_auc`` (area under
+  accuracy vs log10 scale), ``noise_auc_range_normalized`` (that area / the log10 range: the mean
+  accuracy over the log-spaced scales; what the label-corruption claim uses) and
+  ``noise_auc_base_normalized`` (also divided by the noise-free accuracy; 1 = no loss at any scale; the
+  ``normalized_auc`` of :meth:`singledir.reliance.noise.NoiseResult.auc`).
+- Noise scales: :data:`singledir.reliance.noise.DEFAULT_SCALES` unless a preset names others.
+- Units: selectivity and importance are computed on the same layers and joined one-to-one on
+  ``(layer, unit)``; a unit missing from either is an error, never a silently dropped or empty row.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import torch
 
 from singledir import stats
 from singledir.analysis import parse_layers, subset
+from singledir.errors import SingledirError
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -75,15 +84,38 @@ def curve_auc(curves: pd.DataFrame, by=("order", "repeat")) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def noise_auc(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per noise repeat: :func:`singledir.stats.noise_auc_range_normalized` (mean accuracy over log10 scale;
-    not divided by the noise-free accuracy), column ``noise_auc_range_normalized``."""
+def noise_auc(curves: pd.DataFrame, base_accuracy: float | None = None) -> pd.DataFrame:
+    """Per noise repeat: ``noise_auc``, ``noise_auc_range_normalized`` and (with the noise-free
+    ``base_accuracy``) ``noise_auc_base_normalized`` -- see the module docstring."""
     rows = []
     for rep, g in curves.groupby("repeat", sort=True):
         g = g.groupby("scale", as_index=False)["accuracy"].mean()
-        area = stats.noise_auc_range_normalized(g["scale"], g["accuracy"])
-        rows.append({"repeat": rep, "noise_auc_range_normalized": area})
+        rows.append({"repeat": rep, "noise_auc": stats.noise_auc(g["scale"], g["accuracy"]),
+                     "noise_auc_range_normalized": stats.noise_auc_range_normalized(g["scale"], g["accuracy"]),
+                     "noise_auc_base_normalized": (stats.noise_auc_base_normalized(g["scale"], g["accuracy"], base_accuracy)
+                                                   if base_accuracy is not None else float("nan"))})
     return pd.DataFrame(rows)
+
+
+def unit_table(model, data, names, *, importance: bool = True, clamp: str = "zero", stats_data=None,
+               bins: int | None = None, progress: bool = False) -> pd.DataFrame:
+    """One row per unit of ``names`` on ``data``: class selectivity and mutual information, and (with
+    ``importance``) the accuracy drop and loss rise when the unit alone is ablated, joined one-to-one on
+    ``(layer, unit)`` (a unit missing from either side raises: nothing is dropped or left empty silently)."""
+    import singledir as sd
+    from singledir.reliance.selectivity import DEFAULT_BINS
+
+    sel = sd.class_selectivity(model, data, names, bins=DEFAULT_BINS if bins is None else bins, progress=progress)
+    if not importance:
+        return sel
+    imp = sd.unit_importance(model, data, names, clamp=clamp, stats_data=stats_data, progress=progress)
+    keep = [c for c in imp.columns if c not in sel.columns or c in ("layer", "unit")]
+    units = sel.merge(imp[keep], on=["layer", "unit"], how="outer", validate="one_to_one", indicator=True)
+    lost = units[units["_merge"] != "both"]
+    if len(lost):
+        raise SingledirError(f"selectivity and importance cover different units ({len(lost)} unmatched, e.g. "
+                             f"{lost.iloc[0]['layer']}:{lost.iloc[0]['unit']}); this is a bug")
+    return units.drop(columns="_merge").reset_index(drop=True)
 
 
 def _tag(df: pd.DataFrame, **cols) -> pd.DataFrame:
@@ -118,19 +150,23 @@ def ablation(run_dir, *, split: str = "train", examples: int | None = 2000, orde
     return {"curves": pd.concat(curves, ignore_index=True), "auc": pd.concat(aucs, ignore_index=True)}
 
 
-def noise(run_dir, *, split: str = "train", examples: int | None = 2000, scales=(0.1, 1.0), repeats: int = 3,
+def noise(run_dir, *, split: str = "train", examples: int | None = 2000, scales=None, repeats: int = 3,
           layers="all", seed: int = 0, device: str = "cpu") -> dict[str, pd.DataFrame]:
-    """Accuracy under Gaussian noise of ``scale x`` each unit's training std, added to every unit."""
+    """Accuracy under Gaussian noise of ``scale x`` each unit's training std, added to every unit.
+
+    ``scales``: default :data:`singledir.reliance.noise.DEFAULT_SCALES` (the one default grid)."""
     import singledir as sd
+    from singledir.reliance.noise import DEFAULT_SCALES
     from singledir.training import load_run
 
     run = load_run(run_dir, device=device)
     x, y = eval_data(run.data, split, examples)
-    stats = eval_data(run.data, "train", examples)
-    res = sd.noise_curves(run.model, (x, y), pick_layers(run.model, layers), scales=list(scales), repeats=repeats,
-                          stats_data=stats, seed=seed, progress=False)
+    train = eval_data(run.data, "train", examples)
+    scales = DEFAULT_SCALES if scales is None else scales
+    res = sd.noise_curves(run.model, (x, y), pick_layers(run.model, layers), scales=[float(v) for v in scales],
+                          repeats=repeats, stats_data=train, seed=seed, progress=False)
     curves = res.curves[[c for c in ("scale", "repeat", "accuracy", "loss") if c in res.curves]]
-    return {"curves": curves, "auc": noise_auc(curves)}
+    return {"curves": curves, "auc": noise_auc(curves, res.meta.get("base_accuracy"))}
 
 
 def selectivity(run_dir, *, examples: int | None = None, layers="all", device: str = "cpu") -> dict[str, pd.DataFrame]:
@@ -141,7 +177,7 @@ def selectivity(run_dir, *, examples: int | None = None, layers="all", device: s
     run = load_run(run_dir, device=device)
     x, y = eval_data(run.data, "test", examples)
     names = pick_layers(run.model, layers)
-    df = sd.class_selectivity(run.model, (x, y), names)
+    df = unit_table(run.model, (x, y), names, importance=False)
     df["depth"] = df["layer"].map({n: i + 1 for i, n in enumerate(run.model.unit_layers)})
     return {"units": df}
 
@@ -160,10 +196,7 @@ def importance(run_dir, *, examples: int | None = None, layers="all", min_units:
     x, y = eval_data(run.data, "test", examples)
     counts = unit_counts(run.model)
     names = [n for n in pick_layers(run.model, layers) if counts[n] >= min_units]
-    sel = sd.class_selectivity(run.model, (x, y), names)
-    imp = sd.unit_importance(run.model, (x, y), names, progress=False)
-    keep = [c for c in imp.columns if c not in sel.columns or c in ("layer", "unit")]
-    df = sel.merge(imp[keep], on=["layer", "unit"], how="inner")
+    df = unit_table(run.model, (x, y), names)
     df["depth"] = df["layer"].map({n: i + 1 for i, n in enumerate(run.model.unit_layers)})
     return {"units": df}
 

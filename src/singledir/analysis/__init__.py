@@ -16,7 +16,12 @@ Defaults follow the paper (Morcos et al., ICLR 2018):
 - class selectivity, mutual information and single-unit importance (accuracy drop) on the **test**
   split (clean labels); Spearman correlations between them per layer and pooled;
 - ``max_examples``: a fixed random subset (``torch.Generator`` seeded with ``seed``, indices kept in
-  order) of each split, the same convention as :mod:`singledir.experiments.jobs`.
+  order) of each split, the same convention as the claims' per-run jobs.
+
+The measurements themselves come from :mod:`singledir.analysis.jobs`, the one per-run analysis that
+``singledir reproduce`` caches too: the unit table (:func:`~.jobs.unit_table`, one join rule), the noise
+areas under their one name each (:func:`~.jobs.noise_auc`) and the one default noise grid
+(:data:`singledir.reliance.noise.DEFAULT_SCALES`).
 """
 
 from __future__ import annotations
@@ -249,6 +254,7 @@ def analyze(
     """
     import singledir as sd
     from singledir import stats
+    from singledir.analysis import jobs
     from singledir.reliance.correlation import selectivity_vs_importance
     from singledir.reliance.selectivity import DEFAULT_BINS
 
@@ -276,17 +282,11 @@ def analyze(
                                progress=progress, **kw)
         timing["noise_s"] = time.perf_counter() - t
 
-    _info("class selectivity and mutual information (unit data)", progress)
+    _info("class selectivity, mutual information and single-unit importance (unit data)", progress)
     t = time.perf_counter()
-    sel = sd.class_selectivity(model, unit_data, names, bins=bins, progress=progress)
-    timing["selectivity_s"] = time.perf_counter() - t
-
-    _info("single-unit importance (each unit ablated alone, unit data)", progress)
-    t = time.perf_counter()
-    imp = sd.unit_importance(model, unit_data, names, clamp=clamp, stats_data=stats_data, progress=progress)
-    timing["importance_s"] = time.perf_counter() - t
-    dup = [c for c in imp.columns if c in sel.columns and c not in ("layer", "unit")]
-    units = sel.merge(imp.drop(columns=dup), on=["layer", "unit"], how="left")
+    units = jobs.unit_table(model, unit_data, names, clamp=clamp, stats_data=stats_data, bins=bins,
+                            progress=progress)
+    timing["units_s"] = time.perf_counter() - t
 
     corr = selectivity_vs_importance(units=units, n_boot=n_boot, seed=seed)
 
@@ -309,11 +309,14 @@ def analyze(
             "mutual_info_estimator": f"quantile bins ({bins}) of non-zero activity + a zero bin, plug-in, bits",
             "correlation": "Spearman rho, percentile bootstrap CI over units; dead units left out",
             "p_value_rule": stats.P_VALUE_RULE,
-            "noise_normalized_auc": "area under accuracy vs log10(scale) / log10 range / noise-free accuracy "
+            "noise_normalized_auc": "noise.auc's normalized_auc = noise.per_repeat's noise_auc_base_normalized: "
+                                    "area under accuracy vs log10(scale) / log10 range / noise-free accuracy "
                                     "(singledir.stats.noise_auc_base_normalized)",
         },
         "ablation": {"auc": _records(abl_auc), "unablated_accuracy": _unablated(abl.curves)},
-        "noise": {"auc": _records(nres.auc())} if nres is not None else None,
+        "noise": {"auc": _records(nres.auc()),
+                  "per_repeat": _records(jobs.noise_auc(nres.curves, nres.meta.get("base_accuracy")))}
+        if nres is not None else None,
         "units": _unit_summary(units),
         "correlations": _records(corr),
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
