@@ -266,6 +266,17 @@ def test_run_names_are_deterministic_and_complete():
     assert run_name(a).startswith("mlp-digits-w32-p0-s0-")
 
 
+def test_run_names_change_with_the_training_code(monkeypatch):
+    from singledir.experiments import runner
+
+    a = dict(dataset="digits", model="mlp", width=32, epochs=3)
+    before = run_name(a)
+    assert runner.training_code_hash() == runner._code_hash(runner._package_files(runner.TRAINING_CODE))
+    assert any(f.name == "grouped.py" for f in runner._package_files(runner.TRAINING_CODE))
+    monkeypatch.setattr(runner, "training_code_hash", lambda: "another-engine")
+    assert run_name(a) != before  # a run trained by other training code is never taken from the cache
+
+
 def test_verdict_rules():
     assert verdicts.sign_verdict(-0.9, 0.01, -1)[0] == "reproduced"
     assert verdicts.sign_verdict(0.9, 0.01, -1)[0] == "not reproduced"

@@ -33,6 +33,7 @@ Every training, resume and analysis is logged in ``runs/.journal/<name>.jsonl`` 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -56,6 +57,10 @@ from singledir.training.config import RUNTIME_SETTINGS
 MEASUREMENT_CODE = ("reliance", "measures", "models", "data", "analysis", "devices.py", "training/rundir.py",
                     "training/config.py")
 
+# The code whose edits can change a trained network's weights: its source hash is part of every run name.
+TRAINING_CODE = ("training/grouped.py", "training/loop.py", "training/data.py", "training/config.py", "models",
+                 "data")
+
 BUSY = "busy"  # a job found its lease held by another live worker
 
 # Settings that do not change what a run computes (where the data lives, which device trained it): the
@@ -76,13 +81,15 @@ def full_config(config: dict) -> dict:
 
 
 def run_name(config: dict) -> str:
-    """``<model>-<dataset>-<key settings>-<hash of every setting>``: readable and deterministic."""
+    """``<model>-<dataset>-<key settings>-<hash>``: readable and deterministic; the hash covers every setting
+    (but :data:`RUNTIME_SETTINGS`) and :func:`training_code_hash`."""
     c = full_config(config)
     size = f"w{c['width']}" if c["model"] == "mlp" else f"x{c['width_mult']:g}"
     parts = [c["model"], c["dataset"], size, f"p{c['corrupt']:g}", f"s{c['seed']}"]
     if c["dropout"]:
         parts.insert(4, f"do{c['dropout']:g}")
     key = {k: v for k, v in c.items() if k not in _NOT_IN_KEY}
+    key["training_code"] = training_code_hash()
     return "-".join(parts) + "-" + _hash(key)
 
 
@@ -261,14 +268,20 @@ def _accepts_device(fn: Callable) -> bool:
     return any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def _source_files(fn: Callable) -> list[Path]:
+def _package_files(rels: Sequence[str]) -> list[Path]:
+    """The ``.py`` files under the package-relative paths ``rels`` (folders searched recursively)."""
     import singledir
 
     root = Path(singledir.__file__).resolve().parent
     files: list[Path] = []
-    for rel in MEASUREMENT_CODE:
+    for rel in rels:
         p = root / rel
         files.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p] if p.is_file() else [])
+    return files
+
+
+def _source_files(fn: Callable) -> list[Path]:
+    files = _package_files(MEASUREMENT_CODE)
     module = sys.modules.get(fn.__module__)
     own = getattr(module, "__file__", None)
     if own and Path(own).resolve() not in files:
@@ -276,12 +289,8 @@ def _source_files(fn: Callable) -> list[Path]:
     return files
 
 
-def measurement_code_hash(fn: Callable) -> str:
-    """sha256 (16 hex digits) of the source of :data:`MEASUREMENT_CODE`, of ``fn``'s module, and of the
-    torch / numpy / scipy / pandas versions: what, besides the run and the params, makes ``fn``'s numbers.
-
-    Read from disk on every call (a few hundred kB), so an edit made while a process runs is seen too.
-    """
+def _code_hash(files: Sequence[Path]) -> str:
+    """sha256 (16 hex digits) of the source of ``files`` and of the torch / numpy / scipy / pandas versions."""
     import numpy
     import scipy
     import torch
@@ -290,12 +299,29 @@ def measurement_code_hash(fn: Callable) -> str:
 
     h = hashlib.sha256()
     root = Path(singledir.__file__).resolve().parent
-    for f in _source_files(fn):
+    for f in files:
         name = f.relative_to(root).as_posix() if f.is_relative_to(root) else f.name
         h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update(json.dumps({"torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
                          "pandas": pd.__version__, "singledir": singledir.__version__}, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def measurement_code_hash(fn: Callable) -> str:
+    """:func:`_code_hash` of :data:`MEASUREMENT_CODE` and ``fn``'s module: what, besides the run and the
+    params, makes ``fn``'s numbers.
+
+    Read from disk on every call (a few hundred kB), so an edit made while a process runs is seen too.
+    """
+    return _code_hash(_source_files(fn))
+
+
+@functools.lru_cache(maxsize=1)
+def training_code_hash() -> str:
+    """:func:`_code_hash` of :data:`TRAINING_CODE`: part of every run name, so a run trained by other
+    training code (another engine's arithmetic, another model definition, other data handling) is never
+    taken from the run cache. Read once per process."""
+    return _code_hash(_package_files(TRAINING_CODE))
 
 
 def _code_versions(fn: Callable) -> dict:
