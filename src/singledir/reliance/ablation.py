@@ -195,16 +195,19 @@ def ablation_curves(
     model,
     data,
     layers,
-    order="random",
+    *,
+    order=None,
     repeats: int = 10,
     clamp: str = "zero",
     levels=None,
     seed: int = 0,
     stats_data=None,
-    basis: str = "units",
+    basis="units",
+    unit_dim=None,
+    output_fn=None,
     batch_size: int | None = None,
     memory_budget: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
     method: str = "auto",
 ) -> AblationResult:
     """Cumulative ablation of the units of ``layers`` (pooled into one sequence) on ``data``.
@@ -221,6 +224,22 @@ def ablation_curves(
     - ``basis``: "units", or "random": ablate seeded random orthonormal directions of each layer's unit
       space (``h <- h - Q_k Q_k^T h``, per spatial position for conv maps; with clamp "mean" the
       directions are clamped to the mean's component), pooled across layers; order must be "random".
+      Or the directions you hold: a (k, units) tensor for a single layer, or a dict layer -> tensor
+      (probe weights, PCA components, sparse-autoencoder decoder rows). Level j removes the *span* of the
+      first j directions (projection onto its orthogonal complement, built by Gram-Schmidt / QR in
+      float64; with clamp "mean" the span's component is set to the mean's). Directions need not be
+      orthonormal: a direction inside the span of earlier ones removes nothing new (``meta["rank"]``
+      counts the span's dimension). Default order: the rows' own order, layer after layer (one curve,
+      order "rows"); ``order="random"``: ``repeats`` seeded shuffles of the pooled rows. The identity
+      rows give exactly the unit ablation in their order.
+    - ``unit_dim``: the axis of each layer's output that holds its units (an int for all layers, or a
+      dict layer -> int; e.g. -1 for a transformer's MLP neurons (batch, tokens, d_mlp)); the other
+      non-batch axes are positions, each ablated alike. Default: inferred where unambiguous (a 2-D
+      output, a Linear's output -> last axis, a Conv's -> 1), else an error that asks for it.
+    - ``output_fn``: picks the logits from the model's output (default: a tensor, a tuple's first
+      element, or ``.logits``). (N, classes) logits are scored against (N,) labels; (N, S, vocab)
+      per-token logits against (N, S) labels (-100 not scored): accuracy is then token accuracy, loss
+      the mean cross-entropy over the scored tokens, and ``n_examples`` counts those tokens.
     - ``method``: "auto" (fast fx path; batched hooks if the model cannot be traced), "fast", "hooks", or
       "reference" (one plain forward pass per level). All give the same accuracies.
     - ``memory_budget``: bytes of activations the engine may hold (default 1 GiB); ``batch_size`` splits
@@ -236,9 +255,16 @@ def ablation_curves(
     """
     method = check_method(method)
     memory_budget = check_budget(memory_budget)
-    basis = check_choice(basis, BASES, "basis")
+    directions_given = not isinstance(basis, str)
+    if not directions_given:
+        basis = check_choice(basis, BASES, "basis")
+    if order is None:
+        order = "rows" if directions_given else "random"
     seed = check_seed(seed)
     repeats = check_repeats(repeats)
+    if directions_given:
+        return _direction_curves(model, data, layers, basis, order, repeats, clamp, levels, seed, stats_data,
+                                 unit_dim, output_fn, batch_size, memory_budget, progress, method)
     explicit = _is_explicit(order)
     if explicit:
         orders = ["custom"]
@@ -254,7 +280,7 @@ def ablation_curves(
         raise SingledirError("basis='random' supports only order='random' (directions have no selectivity)")
 
     with model_guard(model), torch.no_grad():
-        prepared = prepare(model, data, layers, batch_size)
+        prepared = prepare(model, data, layers, batch_size, unit_dim=unit_dim, output_fn=output_fn)
         check_choice(clamp, ("zero", "mean"), "clamp")
         # stats_data is read once (a shuffled DataLoader would yield a new order on every pass)
         stats_batches = None if stats_data is None else as_batches(stats_data, batch_size)
@@ -268,7 +294,7 @@ def ablation_curves(
         if basis == "random" and clamp == "mean":
             centers = unit_means(model, prepared, stats_batches)
 
-        ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress)
+        ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress, output_fn)
         curves: list[Curve] = []
         directions: dict = {}
         imp = None
@@ -286,14 +312,16 @@ def ablation_curves(
                         for li, p in enumerate(plans):
                             q = random_basis(p.units, seed, r, li)
                             center = centers[p.name].float() if centers is not None else None
-                            cplans.append(LayerPlan(p.name, p.units, torch.zeros(p.units), q, center))
+                            cplans.append(LayerPlan(p.name, p.units, torch.zeros(p.units), q, center, p.unit_dim))
                         directions[("random", r)] = {p.name: p.basis for p in cplans}
                     curves.append(Curve(seq, lv, cplans, "random", r))
             elif o.startswith("selectivity"):
                 from singledir.reliance.selectivity import class_selectivity
 
                 src = prepared.batches if stats_batches is None else stats_batches
-                sel = class_selectivity(model, src, prepared.layers, batch_size=batch_size, num_classes=prepared.num_classes)
+                sel = class_selectivity(model, src, prepared.layers, batch_size=batch_size,
+                                        num_classes=prepared.num_classes, unit_dim=prepared.unit_dims,
+                                        output_fn=output_fn)
                 sel_map = {(r.layer, int(r.unit)): float(r.selectivity) for r in sel.itertuples()}
                 a = [sel_map[(plans[li].name, u)] for li, u in pooled]
                 seq = _sorted_sequence(pooled, a, np.zeros(total), descending=o.endswith("high"))
@@ -307,12 +335,22 @@ def ablation_curves(
                 curves.append(Curve(seq, lv, plans, o, 0))
 
         results = ev.cumulative(curves)
-        if 0 in lv:
-            first = results[0]
-            base_c, base_l = int(first[0][lv.index(0)]), float(first[1][lv.index(0)])
-        else:
-            base_c, base_l = ev.base()
+        base = _base(ev, results, lv)
+    return _result(prepared, plans, curves, results, lv, total, ev, base, clamp=clamp, basis=basis, seed=seed,
+                   repeats=repeats, orders=orders, directions=directions)
 
+
+def _base(ev, results, lv):
+    if 0 in lv:
+        first = results[0]
+        return int(first[0][lv.index(0)]), float(first[1][lv.index(0)])
+    return ev.base()
+
+
+def _result(prepared, plans, curves, results, lv, total, ev, base, *, clamp, basis, seed, repeats, orders,
+            directions, extra=None, seq_names=None):
+    """The :class:`AblationResult` of evaluated curves."""
+    base_c, base_l = base
     n = prepared.n_examples
     rows = []
     for curve, (correct, loss) in zip(curves, results):
@@ -320,6 +358,8 @@ def ablation_curves(
             rows.append((curve.order, curve.repeat, k, k / total, correct[i] / n, loss[i] / n))
     df = pd.DataFrame(rows, columns=["order", "repeat", "k", "fraction", "accuracy", "loss"])
     sequences = {(c.order, c.repeat): [(plans[li].name, int(u)) for li, u in c.sequence] for c in curves}
+    if seq_names is not None:
+        sequences = seq_names
     meta = {
         "layers": list(prepared.layers),
         "units": dict(prepared.units),
@@ -335,5 +375,125 @@ def ablation_curves(
         **path_meta(ev),
         "base_accuracy": base_c / n,
         "base_loss": base_l / n,
+        **prepared.meta(),
+        **(extra or {}),
     }
     return AblationResult(df, sequences, meta, directions)
+
+
+# ------------------------------------------------------------------------------------------------ directions
+#: Relative residual below which a direction adds nothing to the span of the earlier ones.
+SPAN_TOL = 1e-8
+
+
+def span_basis(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(C, k) float64 columns q_1..q_k and the rank: span(q_1..q_j) = span(d_1..d_j) for every j.
+
+    Gram-Schmidt with re-orthogonalisation (what a QR of the stacked directions computes, column by column,
+    also for dependent sets): a direction whose residual is below :data:`SPAN_TOL` of its norm gets a zero
+    column (it removes nothing new). The sign of q_j follows d_j.
+    """
+    d = rows.double()
+    c, k = d.shape[1], d.shape[0]
+    q = torch.zeros(c, k, dtype=torch.float64)
+    kept = []
+    for j in range(k):
+        v = d[j].clone()
+        norm = float(v.norm())
+        if norm == 0.0:
+            continue
+        for _ in range(2):
+            if kept:
+                qk = q[:, kept]
+                v = v - qk @ (qk.T @ v)
+        r = float(v.norm())
+        if r > SPAN_TOL * norm:
+            q[:, j] = v / r
+            kept.append(j)
+    return q, len(kept)
+
+
+def _check_directions(basis, prepared) -> dict:
+    """``{layer: (k, units) float64 tensor}`` from a tensor (one layer) or a dict layer -> tensor."""
+    if isinstance(basis, (torch.Tensor, np.ndarray)):
+        if len(prepared.layers) != 1:
+            raise SingledirError(
+                f"basis is one direction tensor but {len(prepared.layers)} layers are given; pass a dict "
+                f"layer -> (k, units) tensor"
+            )
+        basis = {prepared.layers[0]: basis}
+    if not isinstance(basis, dict) or not basis:
+        raise SingledirError(f"basis must be 'units', 'random', a (k, units) tensor or a dict layer -> tensor, got {type(basis).__name__}")
+    out = {}
+    for name, d in basis.items():
+        if name not in prepared.units:
+            raise SingledirError(f"basis names layer {name!r}, which is not among layers {prepared.layers}; add it to layers")
+        d = torch.as_tensor(d).detach().cpu()
+        c = prepared.units[name]
+        if d.ndim == 1:
+            d = d[None, :]
+        if d.ndim != 2 or d.shape[1] != c or d.shape[0] == 0:
+            raise SingledirError(f"directions of layer {name!r} must be a (k, {c}) tensor (one row per direction), got shape {tuple(d.shape)}")
+        if not d.is_floating_point():
+            d = d.double()
+        if not bool(torch.isfinite(d).all()):
+            raise SingledirError(f"directions of layer {name!r} hold NaN or inf")
+        out[name] = d.double()
+    missing = [n for n in prepared.layers if n not in out]
+    if missing:
+        raise SingledirError(f"basis gives no directions for layer {missing[0]!r}; pass a tensor for every layer or drop the layer")
+    return out
+
+
+def _direction_curves(model, data, layers, basis, order, repeats, clamp, levels, seed, stats_data, unit_dim,
+                      output_fn, batch_size, memory_budget, progress, method) -> AblationResult:
+    """:func:`ablation_curves` with user directions (its docstring, ``basis``)."""
+    if not isinstance(order, str) or order not in ("rows", "random"):
+        raise SingledirError(f"with a direction tensor, order must be 'rows' (their order) or 'random', got {order!r}")
+    clamp = check_choice(clamp, ("zero", "mean"), "clamp")
+    with model_guard(model), torch.no_grad():
+        prepared = prepare(model, data, layers, batch_size, unit_dim=unit_dim, output_fn=output_fn)
+        dirs = _check_directions(basis, prepared)
+        stats_batches = None if stats_data is None else as_batches(stats_data, batch_size)
+        plans = layer_plans(model, prepared, "zero")
+        centers = unit_means(model, prepared, stats_batches) if clamp == "mean" else None
+        pooled = [(li, j) for li, p in enumerate(plans) for j in range(dirs[p.name].shape[0])]
+        total = len(pooled)
+        lv = resolve_levels(levels, total)
+        if order == "rows":
+            perms = [("rows", 0, list(range(total)))]
+        else:
+            perms = [("random", r, list(np.random.default_rng([seed, r]).permutation(total))) for r in range(repeats)]
+        curves, directions, seq_names, ranks = [], {}, {}, {}
+        for oname, r, perm in perms:
+            seq = [pooled[i] for i in perm]
+            cplans = []
+            for li, p in enumerate(plans):
+                rows = [j for (lj, j) in seq if lj == li]  # this layer's rows in curve order
+                q, rank = span_basis(dirs[p.name][rows])
+                qcols = torch.zeros_like(q)
+                qcols[:, rows] = q  # column j = the new direction of row j
+                center = centers[p.name].float() if centers is not None else None
+                cplans.append(LayerPlan(p.name, p.units, torch.zeros(p.units), qcols, center, p.unit_dim))
+                ranks[p.name] = rank
+            curves.append(Curve(seq, lv, cplans, oname, r))
+            directions[(oname, r)] = {p.name: p.basis for p in cplans}
+            seq_names[(oname, r)] = [(plans[li].name, int(j)) for li, j in seq]
+        ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress, output_fn)
+        results = ev.cumulative(curves)
+        base = _base(ev, results, lv)
+    orthonormal = all(
+        torch.allclose(d @ d.T, torch.eye(d.shape[0], dtype=d.dtype), atol=1e-6) for d in dirs.values()
+    )
+    extra = {
+        "directions": {n: int(d.shape[0]) for n, d in dirs.items()},
+        "rank": ranks,
+        "orthonormal": bool(orthonormal),
+        "removed": "level j projects each layer's output onto the orthogonal complement of the span of its first "
+                   "j directions in the curve's order" + ("" if clamp == "zero" else ", the span's component set "
+                   "to the units' mean's") + ("" if orthonormal else "; the directions are not orthonormal: a "
+                   "direction removes only its part outside the span of the earlier ones"),
+    }
+    return _result(prepared, plans, curves, results, lv, total, ev, base, clamp=clamp, basis="directions",
+                   seed=seed, repeats=len(perms), orders=[perms[0][0]], directions=directions, extra=extra,
+                   seq_names=seq_names)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from singledir.errors import SingledirError
+from singledir.reliance.axes import from_canonical, to_canonical
 from singledir.reliance.edits import NoiseSpec, apply_noise, as_edit, example_noise
 from singledir.reliance.inputs import check_unit_output, validate_layers
 
@@ -109,8 +110,12 @@ def model_guard(model: nn.Module, check_weights: bool = True) -> Iterator[nn.Mod
 # Generic output editing and recording
 # --------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def edit_outputs(model: nn.Module, edits: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]):
+def edit_outputs(model: nn.Module, edits: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+                 unit_dims: Mapping[str, int] | None = None):
     """Replace each named layer's output ``out`` by ``edits[layer](out)``; hooks removed on exit.
+
+    ``unit_dims[layer]`` (default 1) is the layer's unit axis: the edit sees the output in the canonical
+    layout (N, units, *positions) (:mod:`.axes`) and its result is moved back.
 
     Example::
 
@@ -123,8 +128,10 @@ def edit_outputs(model: nn.Module, edits: Mapping[str, Callable[[torch.Tensor], 
         for name in names:
             fn = edits[name]
 
-            def hook(_m, _inp, out, fn=fn, name=name):
-                return fn(check_unit_output(out, name))
+            d = (unit_dims or {}).get(name, 1)
+
+            def hook(_m, _inp, out, fn=fn, name=name, d=d):
+                return from_canonical(fn(to_canonical(check_unit_output(out, name), d)), d)
 
             handles.append(model.get_submodule(name).register_forward_hook(hook))
         yield model
@@ -173,11 +180,11 @@ def record(model: nn.Module, layers, *, detach: bool = True, clone: bool = False
 # Ablation
 # --------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def ablate(model: nn.Module, specs: Mapping[str, object]):
+def ablate(model: nn.Module, specs: Mapping[str, object], unit_dims: Mapping[str, int] | None = None):
     """Clamp units / project out directions of layers' outputs while inside the block.
 
     ``specs[layer]`` is a :class:`~.edits.ClampSpec`, a :class:`~.edits.ProjectSpec` or a list of unit indices (clamped
-    to zero).
+    to zero); ``unit_dims[layer]`` the layer's unit axis (default 1).
 
     Example::
 
@@ -185,7 +192,7 @@ def ablate(model: nn.Module, specs: Mapping[str, object]):
             logits = model(x)
     """
     edits = {name: as_edit(spec, name) for name, spec in specs.items()}
-    with edit_outputs(model, edits):
+    with edit_outputs(model, edits, unit_dims):
         yield model
 
 
@@ -203,8 +210,12 @@ class NoiseControl:
 
 
 @contextlib.contextmanager
-def noise(model: nn.Module, specs: Mapping[str, NoiseSpec], start: int = 0) -> Iterator[NoiseControl]:
+def noise(model: nn.Module, specs: Mapping[str, NoiseSpec], start: int = 0,
+          unit_dims: Mapping[str, int] | None = None) -> Iterator[NoiseControl]:
     """Add Gaussian noise to layers' outputs; the noise of example i does not depend on batching.
+
+    The noise is drawn in the canonical layout (N, units, *positions); ``unit_dims`` as in
+    :func:`edit_outputs`.
 
     Example::
 
@@ -226,7 +237,7 @@ def noise(model: nn.Module, specs: Mapping[str, NoiseSpec], start: int = 0) -> I
         return edit
 
     edits = {name: make(spec) for name, spec in specs.items()}
-    with edit_outputs(model, edits):
+    with edit_outputs(model, edits, unit_dims):
         root = model.register_forward_hook(lambda *_: setattr(ctl, "start", ctl.start + batch["n"]))
         try:
             yield ctl
