@@ -72,10 +72,14 @@ def make_evaluator(method: str, model, batches, plans, memory_budget=None, progr
     elif method == "hooks":
         ev = HookEvaluator(model, batches, plans, memory_budget, progress, output_fn)
     else:
+        why = fx_unsupported(batches, plans, output_fn)
+        if why is not None:  # the inputs, not the model, rule the fx path out: no warning under "auto"
+            if method == "fast":
+                raise SingledirError(f"method='fast' cannot run these inputs ({why}); use method='auto' or 'hooks'")
+            ev = HookEvaluator(model, batches, plans, memory_budget, progress, output_fn)
+            ev.method_requested, ev.fallback_reason = method, why
+            return ev
         try:
-            why = fx_unsupported(batches, plans, output_fn)
-            if why is not None:
-                raise TraceFailed(why)
             ev = FastEvaluator(model, batches, plans, memory_budget, progress)
         except TraceFailed as exc:
             if method == "fast":
