@@ -382,17 +382,19 @@ def _result(prepared, plans, curves, results, lv, total, ev, base, *, clamp, bas
 
 
 # ------------------------------------------------------------------------------------------------ directions
-#: Relative residual below which a direction adds nothing to the span of the earlier ones.
-SPAN_TOL = 1e-8
+#: A direction whose residual (outside the span of the earlier ones) is below this many ulps of its
+#: dtype, relative to its norm, adds nothing to the span (float32 rows: ~7.6e-6).
+SPAN_ULPS = 64
 
 
 def span_basis(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(C, k) float64 columns q_1..q_k and the rank: span(q_1..q_j) = span(d_1..d_j) for every j.
 
     Gram-Schmidt with re-orthogonalisation (what a QR of the stacked directions computes, column by column,
-    also for dependent sets): a direction whose residual is below :data:`SPAN_TOL` of its norm gets a zero
-    column (it removes nothing new). The sign of q_j follows d_j.
+    also for dependent sets): a direction whose relative residual is below :data:`SPAN_ULPS` ulps of the
+    rows' dtype gets a zero column (it removes nothing new). The sign of q_j follows d_j.
     """
+    tol = SPAN_ULPS * torch.finfo(rows.dtype if rows.is_floating_point() else torch.float64).eps
     d = rows.double()
     c, k = d.shape[1], d.shape[0]
     q = torch.zeros(c, k, dtype=torch.float64)
@@ -407,7 +409,7 @@ def span_basis(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
                 qk = q[:, kept]
                 v = v - qk @ (qk.T @ v)
         r = float(v.norm())
-        if r > SPAN_TOL * norm:
+        if r > tol * norm:
             q[:, j] = v / r
             kept.append(j)
     return q, len(kept)
@@ -438,7 +440,7 @@ def _check_directions(basis, prepared) -> dict:
             d = d.double()
         if not bool(torch.isfinite(d).all()):
             raise SingledirError(f"directions of layer {name!r} hold NaN or inf")
-        out[name] = d.double()
+        out[name] = d  # its dtype sets the span tolerance (span_basis)
     missing = [n for n in prepared.layers if n not in out]
     if missing:
         raise SingledirError(f"basis gives no directions for layer {missing[0]!r}; pass a tensor for every layer or drop the layer")
@@ -483,7 +485,8 @@ def _direction_curves(model, data, layers, basis, order, repeats, clamp, levels,
         results = ev.cumulative(curves)
         base = _base(ev, results, lv)
     orthonormal = all(
-        torch.allclose(d @ d.T, torch.eye(d.shape[0], dtype=d.dtype), atol=1e-6) for d in dirs.values()
+        torch.allclose(d.double() @ d.double().T, torch.eye(d.shape[0], dtype=torch.float64), atol=1e-6)
+        for d in dirs.values()
     )
     extra = {
         "directions": {n: int(d.shape[0]) for n, d in dirs.items()},
