@@ -13,7 +13,8 @@ from singledir.errors import SingledirError
 from singledir.models.transformer import SeqTransformer
 from singledir.reliance.fast.layout import nbytes
 from singledir.reliance.selectivity import selectivity_from_activations
-from singledir.reliance.testing import assert_matches_plain, assert_unchanged, plain_hook_curve, snapshot
+from singledir.reliance.testing import assert_matches_plain, assert_unchanged, plain_hook_curve, snapshot,
+                                      zero_last_axis
 
 
 class TokenMLP(nn.Module):
@@ -46,14 +47,6 @@ def token_mlp():
     return model, ids, _own(model, ids)
 
 
-def _zero_last(seq):
-    def edit(o, k):
-        o = o.clone()
-        o[..., seq[:k]] = 0
-        return o
-    return edit
-
-
 def test_linear_on_3d_measures_neurons_not_positions(token_mlp):
     model, ids, y = token_mlp
     snap = snapshot(model)
@@ -62,7 +55,7 @@ def test_linear_on_3d_measures_neurons_not_positions(token_mlp):
     sel = sd.class_selectivity(model, (ids, y), ["act"])
     assert len(sel) == 128
     seq = [u for _, u in res.sequences[("random", 0)]]
-    plain = plain_hook_curve(model, lambda m: m(ids), y, "act", [0, 16, 64, 128], _zero_last(seq))
+    plain = plain_hook_curve(model, lambda m: m(ids), y, "act", [0, 16, 64, 128], zero_last_axis(seq))
     assert_matches_plain(res.curves.accuracy.to_numpy(), res.curves.loss.to_numpy(), plain)
     assert_unchanged(model, snap)
     assert ids.dtype == torch.int64  # token ids were fed as they are
@@ -109,7 +102,7 @@ def test_importance_and_noise_on_token_mlp_equal_plain(token_mlp):
     model, ids, y = token_mlp
     imp = sd.unit_importance(model, (ids, y), ["act"], method="hooks")
     for u in (3, 77):
-        plain = plain_hook_curve(model, lambda m: m(ids), y, "act", [1], _zero_last([u]))
+        plain = plain_hook_curve(model, lambda m: m(ids), y, "act", [1], zero_last_axis([u]))
         row = imp[imp.unit == u].iloc[0]
         assert_matches_plain([row.accuracy], [row.loss], plain)
     a = sd.noise_curves(model, (ids, y), ["act"], scales=[0.5, 4.0], repeats=2, method="hooks", batch_size=7)
@@ -183,7 +176,7 @@ def test_seq_transformer_curves_equal_plain_and_all_units_on_last_axis(seq_trans
         hooks = []
         for name, mod in zip(model.unit_layers, mods):
             units = [u for (n, u) in seq[:k] if n == name]
-            hooks.append(mod.register_forward_hook(lambda _m, _i, o, u=units: _zero_last(u)(o, len(u))))
+            hooks.append(mod.register_forward_hook(lambda _m, _i, o, u=units: zero_last_axis(u)(o, len(u))))
         with torch.no_grad():
             logits = model(x)
         for h in hooks:
@@ -233,14 +226,14 @@ def test_transformer_encoder_every_measurement(encoder):
     res = sd.ablation_curves(model, data, [ENC_ACT], repeats=1, levels=[0, 12, 30, 48], batch_size=10)
     assert res.meta["units"] == {ENC_ACT: 48}
     seq = [u for _, u in res.sequences[("random", 0)]]
-    plain = plain_hook_curve(model, lambda m: m(**inputs), y, ENC_ACT, [0, 12, 30, 48], _zero_last(seq))
+    plain = plain_hook_curve(model, lambda m: m(**inputs), y, ENC_ACT, [0, 12, 30, 48], zero_last_axis(seq))
     assert_matches_plain(res.curves.accuracy.to_numpy(), res.curves.loss.to_numpy(), plain)
     assert plain[-1].loss != pytest.approx(plain[0].loss, abs=1e-3)  # the neurons matter
 
     imp = sd.unit_importance(model, data, [ENC_ACT])
     row = imp[imp.unit == 7].iloc[0]
     assert_matches_plain([row.accuracy], [row.loss],
-                         plain_hook_curve(model, lambda m: m(**inputs), y, ENC_ACT, [1], _zero_last([7])))
+                         plain_hook_curve(model, lambda m: m(**inputs), y, ENC_ACT, [1], zero_last_axis([7])))
 
     rec = {}
     h = model.get_submodule(ENC_ACT).register_forward_hook(lambda _m, _i, o: rec.setdefault("h", o))

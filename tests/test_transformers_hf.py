@@ -19,7 +19,8 @@ import singledir as sd
 from singledir.errors import SingledirError
 from singledir.reliance.inputs import shift_labels
 from singledir.reliance.selectivity import selectivity_from_activations
-from singledir.reliance.testing import assert_matches_plain, assert_unchanged, plain_hook_curve, snapshot
+from singledir.reliance.testing import assert_matches_plain, assert_unchanged, plain_hook_curve, snapshot,
+                                      zero_last_axis
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 if importlib.util.find_spec("transformers") is None and not IN_CI:
@@ -85,14 +86,6 @@ def test_shift_labels():
     assert shift_labels(ids).tolist() == [[6, 7, -100]]
 
 
-def _zero_last(seq):
-    def edit(o, k):
-        o = o.clone()
-        o[..., seq[:k]] = 0
-        return o
-    return edit
-
-
 @pytest.mark.parametrize("method", ["hooks", "reference"])
 def test_gpt2_token_level_ablation_equals_plain_hooks(gpt2, method):
     model, ids, labels = gpt2
@@ -104,7 +97,7 @@ def test_gpt2_token_level_ablation_equals_plain_hooks(gpt2, method):
     for r in range(2):
         seq = [u for _, u in res.sequences[("random", r)]]
         curve = res.curves[res.curves.repeat == r]
-        plain = plain_hook_curve(model, lambda m: m(input_ids=ids), labels, GPT2_ACT, curve.k.tolist(), _zero_last(seq))
+        plain = plain_hook_curve(model, lambda m: m(input_ids=ids), labels, GPT2_ACT, curve.k.tolist(), zero_last_axis(seq))
         assert_matches_plain(curve.accuracy.to_numpy(), curve.loss.to_numpy(), plain)
     accs = res.curves.groupby("k").accuracy.mean()
     assert accs.loc[0] == 1.0 and accs.loc[64] < 0.9  # the neurons matter: the test can fail
@@ -140,7 +133,7 @@ def test_llama_gated_mlp_ablation_equals_plain(llama):
     model, ids, labels = llama
     res = sd.ablation_curves(model, (ids, labels), [LLAMA_ACT], repeats=1, levels=[0, 12, 48])
     seq = [u for _, u in res.sequences[("random", 0)]]
-    plain = plain_hook_curve(model, lambda m: m(ids), labels, LLAMA_ACT, [0, 12, 48], _zero_last(seq))
+    plain = plain_hook_curve(model, lambda m: m(ids), labels, LLAMA_ACT, [0, 12, 48], zero_last_axis(seq))
     assert_matches_plain(res.curves.accuracy.to_numpy(), res.curves.loss.to_numpy(), plain)
     assert res.meta["units"] == {LLAMA_ACT: 48}
 
@@ -158,7 +151,7 @@ def test_importance_equals_plain_single_ablations(gpt2):
     imp = sd.unit_importance(model, (ids, labels), [GPT2_ACT], batch_size=20)
     assert list(imp.unit) == list(range(64)) and imp.meta["method"] == "hooks"
     for u in (0, 17, 63):
-        plain = plain_hook_curve(model, lambda m: m(ids), labels, GPT2_ACT, [1], _zero_last([u]))
+        plain = plain_hook_curve(model, lambda m: m(ids), labels, GPT2_ACT, [1], zero_last_axis([u]))
         row = imp[imp.unit == u].iloc[0]
         assert_matches_plain([row.accuracy], [row.loss], plain)
 

@@ -59,6 +59,7 @@ __all__ = [
     "PlainLevel",
     "assert_matches_plain",
     "plain_hook_curve",
+    "zero_last_axis",
     "randomize_batchnorm",
     "snapshot",
     "train_quick",
@@ -466,3 +467,14 @@ def assert_matches_plain(accuracy, loss, plain: list[PlainLevel], loss_atol: flo
         assert abs(float(loss[i]) - p.loss) <= loss_atol, f"level {i}: loss {loss[i]} vs plain {p.loss}"
         differ = round(abs(float(accuracy[i]) - p.accuracy) * p.n)
         assert differ <= p.near_ties, f"level {i}: {differ} predictions differ, {p.near_ties} near-ties"
+
+
+def zero_last_axis(seq):
+    """An ``edit_fn`` for :func:`plain_hook_curve`: level k zeroes units ``seq[:k]`` of the last axis."""
+
+    def edit(o, k):
+        o = o.clone()
+        o[..., list(seq[:k])] = 0
+        return o
+
+    return edit
