@@ -13,8 +13,13 @@ from singledir.errors import SingledirError
 from singledir.models.transformer import SeqTransformer
 from singledir.reliance.fast.layout import nbytes
 from singledir.reliance.selectivity import selectivity_from_activations
-from singledir.reliance.testing import assert_matches_plain, assert_unchanged, plain_hook_curve, snapshot,
-                                      zero_last_axis
+from singledir.reliance.testing import (
+    assert_matches_plain,
+    assert_unchanged,
+    plain_hook_curve,
+    snapshot,
+    zero_last_axis,
+)
 
 
 class TokenMLP(nn.Module):

@@ -19,8 +19,13 @@ import singledir as sd
 from singledir.errors import SingledirError
 from singledir.reliance.inputs import shift_labels
 from singledir.reliance.selectivity import selectivity_from_activations
-from singledir.reliance.testing import assert_matches_plain, assert_unchanged, plain_hook_curve, snapshot,
-                                      zero_last_axis
+from singledir.reliance.testing import (
+    assert_matches_plain,
+    assert_unchanged,
+    plain_hook_curve,
+    snapshot,
+    zero_last_axis,
+)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 if importlib.util.find_spec("transformers") is None and not IN_CI:
