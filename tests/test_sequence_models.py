@@ -276,3 +276,26 @@ def test_batch_not_first_is_refused():
 def test_nbytes_counts_tuples_and_dicts():
     t = torch.zeros(4, 5)
     assert nbytes((t, {"a": t, "b": [t, None]})) == 3 * 80
+
+
+@pytest.mark.parametrize("layer", ["blocks.0.mlp.act", "blocks.1.mlp.act"])
+def test_fast_path_on_transformer_mlp_equals_plain(seq_transformer, layer):
+    model, x, y = seq_transformer
+    snap = snapshot(model)
+    res = sd.ablation_curves(model, (x, y), [layer], repeats=2, levels=[0, 5, 20, 40, 64], method="fast")
+    assert res.meta["method"] == "fast"
+    for r in range(2):
+        seq = [u for _, u in res.sequences[("random", r)]]
+        curve = res.curves[res.curves.repeat == r]
+        plain = plain_hook_curve(model, lambda m: m(x), y, layer, curve.k.tolist(), zero_last_axis(seq))
+        assert_matches_plain(curve.accuracy.to_numpy(), curve.loss.to_numpy(), plain)
+    # mean clamp and directions through the fast walk equal the batched hooks
+    for kw in ({"clamp": "mean"}, {"basis": torch.randn(6, 64, generator=torch.Generator().manual_seed(0))}):
+        a = sd.ablation_curves(model, (x, y), [layer], repeats=1, method="fast", **kw)
+        b = sd.ablation_curves(model, (x, y), [layer], repeats=1, method="hooks", **kw)
+        assert np.allclose(a.curves.loss, b.curves.loss, atol=1e-5)
+        assert np.abs(a.curves.accuracy.to_numpy() - b.curves.accuracy.to_numpy()).max() <= 1 / 50 + 1e-12
+    imp_fast = sd.unit_importance(model, (x, y), [layer], method="fast")
+    imp_ref = sd.unit_importance(model, (x, y), [layer], method="reference")
+    assert np.allclose(imp_fast.loss, imp_ref.loss, atol=1e-5)
+    assert_unchanged(model, snap)

@@ -45,17 +45,15 @@ class FastPathFallback(UserWarning):
 
 
 def fx_unsupported(batches, plans, output_fn=None) -> str | None:
-    """Why the fx path cannot run these inputs (None if it can): it takes one input tensor, scores
-    (N, classes) logits against (N,) labels with every label scored, and works on units on axis 1."""
+    """Why the fx path cannot run these inputs (None if it can): it takes one input tensor and scores
+    (N, classes) logits against (N,) labels with every label scored. (Units on another axis than 1 run
+    its cumulative walk; its single-unit and noise passes then use the batched hooks.)"""
     if output_fn is not None:
         return "an output_fn is given"
     if any(isinstance(x, Mapping) for x, _ in batches):
         return "the inputs are a dict of tensors"
     if any(y.ndim != 1 or bool((y == -100).any()) for _, y in batches):
         return "the labels are per token or hold -100"
-    dims = {p.name: p.unit_dim for p in plans if p.unit_dim != 1}
-    if dims:
-        return f"the unit axis is not 1 ({dims})"
     return None
 
 

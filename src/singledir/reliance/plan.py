@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from singledir.errors import SingledirError
+from singledir.reliance.axes import from_canonical, to_canonical
 from singledir.reliance.edits import apply_projection, clamp_factors, clamp_with
 from singledir.reliance.inputs import check_finite
 
@@ -110,8 +111,9 @@ class EditWalker:
             self.values = plan.values.to(device)
             self.has_fill = False
         self.proj = None
-        #: ``w(h, out=t)`` writes into ``t`` (unit clamps); projections always return a new tensor.
-        self.supports_out = plan.basis is None
+        #: ``w(h, out=t)`` writes into ``t`` (unit clamps on axis 1); projections, and layers whose units
+        #: are on another axis, always return a new tensor.
+        self.supports_out = plan.basis is None and plan.unit_dim == 1
 
     def add(self, units) -> None:
         self.ablated.extend(units)
@@ -128,6 +130,12 @@ class EditWalker:
     def __call__(self, h, out=None):
         if not self.ablated:
             return h
+        d = self.plan.unit_dim
+        if d != 1:  # the raw layer output (the fx path): edit in the canonical layout (N, C, *P)
+            return from_canonical(self._edit(to_canonical(h, d), None), d)
+        return self._edit(h, out)
+
+    def _edit(self, h, out):
         if self.plan.basis is None:
             keep = self.keep if self.keep.dtype == h.dtype else self.keep.to(h.dtype)
             fill = None

@@ -126,7 +126,13 @@ class FastEvaluator:
         self.colmajor = False
         self._probe()
         self.chains = {}
+        #: layers whose units are not on axis 1 (e.g. transformer MLP neurons): their markers are edited in
+        #: the canonical layout by the walk's edit, never updated incrementally; singles and noise go to
+        #: the batched hooks (:meth:`_hooks`)
+        self.other_axis = {p.name for p in plans if p.unit_dim != 1}
         for m in self.split.markers:
+            if self.split.marker_layer[m] in self.other_axis:
+                continue
             ch = find_linear_chain(m, self.traced)
             if ch is not None and self._chain_ok(ch):
                 self.chains[m] = ch
@@ -141,6 +147,8 @@ class FastEvaluator:
                 self.relu_of_consumer[c] = users[0]
         self.folded_markers = {}
         for m in self.split.markers:
+            if self.split.marker_layer[m] in self.other_axis:
+                continue
             users = list(m.users)
             if len(users) == 1 and users[0] in self.linear_nodes and users[0].args[0] is m:
                 self.folded_markers[m] = users[0]
@@ -428,8 +436,16 @@ class FastEvaluator:
                 res[0][i] += c
                 res[1][i] += lo
 
+    def _hooks(self):
+        """The batched-hook evaluator of the same model, data and plans (for units not on axis 1)."""
+        from singledir.reliance.batched import HookEvaluator
+
+        return HookEvaluator(self.model, self.batches, self.plans, self.budget, self.progress)
+
     def singles(self, plans, units, watch=None):
         """``watch``: optional set of indices into ``units`` whose logits are kept in ``self.watched``."""
+        if self.other_axis and watch is None:
+            return self._hooks().singles(plans, units)
         correct = np.zeros(len(units), dtype=np.int64)
         loss = np.zeros(len(units))
         self.watched = {key: [] for key in (watch or ())}
@@ -460,5 +476,7 @@ class FastEvaluator:
 
     def noise(self, plan, watch=None):
         """Noise curves (:mod:`.noise`); ``watch``: ``(repeat, scale index)`` pairs kept in ``self.watched``."""
+        if self.other_axis and watch is None:
+            return self._hooks().noise(plan)
         with torch_threads(self.threads):
             return noise_counts(self, plan, watch)
