@@ -299,3 +299,19 @@ def test_fast_path_on_transformer_mlp_equals_plain(seq_transformer, layer):
     imp_ref = sd.unit_importance(model, (x, y), [layer], method="reference")
     assert np.allclose(imp_fast.loss, imp_ref.loss, atol=1e-5)
     assert_unchanged(model, snap)
+
+
+def test_transformer_claim_is_opt_in_and_runs_tiny():
+    from singledir.experiments.claims import transformer as claim
+    from singledir.experiments.reproduce import check_claims
+
+    assert "transformer" not in check_claims(None)
+    assert check_claims(["transformer", "label-corruption"]) == ["label-corruption", "transformer"]
+    s = dict(claim.PRESETS["smoke"], train_subset=40, corrupt=[0.0, 1.0], max_epochs=2, orders=2, levels=3,
+             noise_scales=[1.0], width=16)
+    runs, nets = claim._networks(s, progress=False)
+    assert list(runs.corrupt) == [0.0, 1.0] and (runs.units == 128).all()
+    assert runs.labels_changed.iloc[0] == 0 and runs.labels_changed.iloc[1] > 0.5
+    assert set(nets[0][0].k) == {0, 64, 128}
+    part = claim._part("transformer ablation", runs.assign(target_reached=True), "auc")
+    assert part.verdict == "inconclusive"  # n = 2: undefined trend statistics, never a verdict

@@ -119,17 +119,17 @@ def unit_values(h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tens
     return v
 
 
-def layer_units(model: nn.Module, data, layers, *, unit_dims=None) -> dict[str, int]:
-    """``{layer: number of units}`` from one forward pass on the first example of ``data`` (eval mode)."""
-    from singledir.reliance.inputs import take
+def layer_units(model: nn.Module, data, layers, *, unit_dim=None) -> dict[str, int]:
+    """``{layer: number of units}`` from one forward pass on the first examples of ``data`` (eval mode).
 
-    x, y = as_batches(data)[0]
-    gen = layer_outputs(model, [(take(x, 0, 1), y[:1])], layers, unit_dims=unit_dims, raw=True)
-    try:
-        outs = next(gen).outputs
-    finally:
-        gen.close()
-    return {n: int(h.shape[1]) for n, h in outs.items()}
+    ``unit_dim`` as in the measurements (inferred where unambiguous, else a :class:`SingledirError`).
+    """
+    from singledir.reliance.common import probe_layers
+
+    names = validate_layers(model, layers)
+    with model_guard(model), torch.no_grad():
+        first, dims = probe_layers(model, as_batches(data), names, unit_dim, raw=True)
+    return {n: int(h.shape[dims[n]]) for n, h in first.outputs.items()}
 
 
 @dataclass
