@@ -239,3 +239,16 @@ def test_direction_tensor_on_gpt2_equals_plain_projection(gpt2):
 
     plain = plain_hook_curve(model, lambda m: m(ids), labels, GPT2_ACT, [0, 2, 6], edit)
     assert_matches_plain(res.curves.accuracy.to_numpy(), res.curves.loss.to_numpy(), plain)
+
+
+def test_dataloader_of_dicts_equals_one_dict(bert):
+    model, inputs, y = bert
+    rows = [{"input_ids": inputs["input_ids"][i], "attention_mask": inputs["attention_mask"][i], "labels": y[i]}
+            for i in range(len(y))]
+    loader = torch.utils.data.DataLoader(rows, batch_size=10)
+    a = sd.unit_importance(model, loader, [BERT_ACT], method="reference")
+    b = sd.unit_importance(model, {**inputs, "labels": y}, [BERT_ACT], method="hooks", batch_size=48)
+    assert np.allclose(a.loss, b.loss, atol=1e-5)
+    assert np.abs(a.accuracy.to_numpy() - b.accuracy.to_numpy()).max() <= 1 / 48 + 1e-12
+    with pytest.raises(SingledirError, match="method='fast'"):
+        sd.unit_importance(model, loader, [BERT_ACT], method="fast")
