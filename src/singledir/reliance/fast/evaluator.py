@@ -131,10 +131,13 @@ class FastEvaluator:
         #: the batched hooks (:meth:`_hooks`)
         self.other_axis = {p.name for p in plans if p.unit_dim != 1}
         for m in self.split.markers:
-            if self.split.marker_layer[m] in self.other_axis:
-                continue
             ch = find_linear_chain(m, self.traced)
-            if ch is not None and self._chain_ok(ch):
+            if ch is None:
+                continue
+            if self.split.marker_layer[m] in self.other_axis:
+                if self._last_axis_chain_ok(ch):
+                    self.chains[m] = ch
+            elif self._chain_ok(ch):
                 self.chains[m] = ch
         self.chain_consumers = {ch.consumer: ch for ch in self.chains.values()}
         # Fusions of column-major walks (:mod:`.layout`):
@@ -297,6 +300,17 @@ class FastEvaluator:
         n_budget = max(1, int(self.budget // per_example))
         n_cache = max(_MIN_CHUNK, int(_CACHE_TARGET // max(1.0, self.rest_bytes)))
         self.chunk = min(n_budget, n_cache)
+
+    def _last_axis_chain_ok(self, ch) -> bool:
+        """A marker with units on its last axis read directly by a Linear over that axis (the down-projection
+        of a transformer MLP): updated per unit by ``h[..., u] (x) W[:, u]`` at every position."""
+        shape = self.shapes.get(ch.marker)
+        plan = self.plans[self.layer_index[self.split.marker_layer[ch.marker]]]
+        if (shape is None or len(shape) < 3 or plan.unit_dim != len(shape) - 1 or ch.kind != "linear" or ch.ops
+                or self.colmajor or ch.module.in_features != shape[-1]):
+            return False
+        ch.r, ch.units, ch.last_axis = 1, shape[-1], True
+        return True
 
     def _chain_ok(self, ch) -> bool:
         c = self.shapes[ch.marker][1]
