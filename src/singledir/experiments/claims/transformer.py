@@ -51,7 +51,7 @@ PRESETS = {
     "smoke": dict(train_subset=128, corrupt=[0.0, 1.0], seeds=[0], width=32, depth=2, heads=2, lr=3e-3,
                   batch_size=64, max_epochs=20, target=0.0, orders=2, levels=9, noise_repeats=1,
                   noise_scales=[0.3, 1.0, 3.0]),
-    "quick": dict(train_subset=256, corrupt=[0.0, 0.5, 1.0], seeds=[0, 1], width=32, depth=2, heads=2, lr=3e-3,
+    "quick": dict(train_subset=256, corrupt=[0.0, 0.5, 1.0], seeds=[0, 1, 2, 3], width=32, depth=2, heads=2, lr=3e-3,
                   batch_size=64, max_epochs=400, target=0.99, orders=5, levels=33, noise_repeats=2,
                   noise_scales=[0.1, 0.3, 1.0, 3.0, 10.0]),
     "full": dict(train_subset=512, corrupt=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], seeds=[0, 1, 2], width=32, depth=2,
