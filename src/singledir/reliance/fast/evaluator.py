@@ -21,6 +21,11 @@ in :mod:`.layout`; scoring in :mod:`.scoring`.
 only on (seed, repeat, layer, example index), as in the reference. *Threads* (:mod:`.threads`): the walks
 run at their own intra-op thread count, the caller's restored afterwards.
 
+*Units on another axis* (a transformer's MLP neurons, (N, tokens, C), ``plan.unit_dim``): the walk's edit
+works in the canonical layout; a marker read only by a Linear over its last axis is updated by rank-1
+terms at every position (``LinearChain.last_axis``, :mod:`.walk`); single-unit and noise passes of such
+layers run on the batched hooks (:meth:`FastEvaluator._hooks`).
+
 *Importance* (single-unit ablations) stays row-major, where row-sparse steps are faster (measured on the
 MLP's 128 hidden.0 units, 10k images: 0.56 s row-major vs 0.98 s column-major dense); there a narrow
 readout (<= ``_NARROW_OUT`` outputs) still runs as ``W h^T``.
