@@ -21,10 +21,8 @@ in :mod:`.layout`; scoring in :mod:`.scoring`.
 only on (seed, repeat, layer, example index), as in the reference. *Threads* (:mod:`.threads`): the walks
 run at their own intra-op thread count, the caller's restored afterwards.
 
-*Units on another axis* (a transformer's MLP neurons, (N, tokens, C), ``plan.unit_dim``): the walk's edit
-works in the canonical layout; a marker read only by a Linear over its last axis is updated by rank-1
-terms at every position (``LinearChain.last_axis``, :mod:`.walk`); single-unit and noise passes of such
-layers run on the batched hooks (:meth:`FastEvaluator._hooks`).
+*Units on the last axis* (transformer MLP neurons): edits in the canonical layout, rank-1 updates of a
+Linear read-out at every position (:mod:`.walk`); their single-unit and noise passes use the batched hooks.
 
 *Importance* (single-unit ablations) stays row-major, where row-sparse steps are faster (measured on the
 MLP's 128 hidden.0 units, 10k images: 0.56 s row-major vs 0.98 s column-major dense); there a narrow
@@ -131,9 +129,7 @@ class FastEvaluator:
         self.colmajor = False
         self._probe()
         self.chains = {}
-        #: layers whose units are not on axis 1 (e.g. transformer MLP neurons): their markers are edited in
-        #: the canonical layout by the walk's edit, never updated incrementally; singles and noise go to
-        #: the batched hooks (:meth:`_hooks`)
+        #: layers whose units are not on axis 1 (transformer MLP neurons): see the module docstring
         self.other_axis = {p.name for p in plans if p.unit_dim != 1}
         for m in self.split.markers:
             ch = find_linear_chain(m, self.traced)
