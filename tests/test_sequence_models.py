@@ -315,3 +315,17 @@ def test_transformer_claim_is_opt_in_and_runs_tiny():
     assert set(nets[0][0].k) == {0, 64, 128}
     part = claim._part("transformer ablation", runs.assign(target_reached=True), "auc")
     assert part.verdict == "inconclusive"  # n = 2: undefined trend statistics, never a verdict
+
+
+def test_one_call_shape_for_every_measurement():
+    import inspect
+
+    fns = [sd.ablation_curves, sd.noise_curves, sd.unit_importance, sd.class_selectivity,
+           sd.selectivity_vs_importance]
+    for fn in fns:
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:3]] == ["model", "data", "layers"], fn.__name__
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[3:]), fn.__name__
+        names = {p.name: p for p in params}
+        assert names["progress"].default is False and "unit_dim" in names and "output_fn" in names, fn.__name__
+        assert "batch_size" in names, fn.__name__
