@@ -252,3 +252,32 @@ def test_dataloader_of_dicts_equals_one_dict(bert):
     assert np.abs(a.accuracy.to_numpy() - b.accuracy.to_numpy()).max() <= 1 / 48 + 1e-12
     with pytest.raises(SingledirError, match="method='fast'"):
         sd.unit_importance(model, loader, [BERT_ACT], method="fast")
+
+
+def test_llama_gated_neurons_are_the_input_of_down_proj(llama):
+    model, ids, labels = llama
+    layer = "model.layers.0.mlp.down_proj:input"  # act(gate(x)) * up(x): exists only as this input
+    snap = snapshot(model)
+    res = sd.ablation_curves(model, (ids, labels), [layer], repeats=1, levels=[0, 12, 48], clamp="mean")
+    assert res.meta["units"] == {layer: 48} and res.meta["unit_dims"] == {layer: 2}
+    rec = {}
+    h = model.get_submodule("model.layers.0.mlp.down_proj").register_forward_pre_hook(
+        lambda _m, a: rec.setdefault("h", a[0]))
+    with torch.no_grad():
+        model(ids)
+    h.remove()
+    means = rec["h"].reshape(-1, 48).double().mean(0).float()
+    seq = [u for _, u in res.sequences[("random", 0)]]
+
+    def edit(o, k):
+        o = o.clone()
+        o[..., seq[:k]] = means[seq[:k]]
+        return o
+
+    plain = plain_hook_curve(model, lambda m: m(ids), labels, layer, [0, 12, 48], edit)
+    assert_matches_plain(res.curves.accuracy.to_numpy(), res.curves.loss.to_numpy(), plain)
+    sel = sd.class_selectivity(model, (ids, labels), [layer], num_classes=23)
+    assert len(sel) == 48
+    imp = sd.unit_importance(model, (ids, labels), [layer])
+    assert len(imp) == 48 and imp.meta["method"] == "hooks"
+    assert_unchanged(model, snap)

@@ -12,7 +12,8 @@ Offers:
 - :func:`resolve_unit_dims` -- ``{layer: axis}`` (non-negative) from the keyword, or inferred where it is
   unambiguous: a 2-D output -> 1; the output of a ``Linear`` (or Hugging Face ``Conv1D``), or of an
   elementwise module (activation, dropout, identity) fed by one -> the last axis; a ``Conv``/batch norm
-  (or an elementwise module fed by one, or a block made of convolutions and no linear layer) -> 1.
+  (or an elementwise module fed by one, or a block made of convolutions and no linear layer) -> 1; the
+  ``":input"`` of a ``Linear`` -> the last axis, of a ``Conv`` -> 1.
   Anything else raises a one-line :class:`~singledir.errors.SingledirError` naming ``unit_dim``.
 - :func:`to_canonical` / :func:`from_canonical` -- move the unit axis to 1 and back (views; the result of
   an edit is made contiguous, as the model's next module may ``.view`` it).
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from singledir.errors import SingledirError
+from singledir.reliance.inputs import split_layer
 
 __all__ = ["check_unit_dim", "from_canonical", "position_mask", "resolve_unit_dims", "to_canonical"]
 
@@ -135,7 +137,12 @@ def resolve_unit_dims(model: nn.Module, names, outputs: dict, unit_dim, run=None
             else:
                 if probe is None and run is not None:
                     probe = _probe_feeders(model, run)
-                given = _infer(model.get_submodule(n), probe) if probe is not None else None
+                base, is_input = split_layer(n)
+                module = model.get_submodule(base)
+                if is_input:  # the input of a Linear has its features last, of a Conv on axis 1
+                    given = -1 if _is_linear(module) else 1 if isinstance(module, _CONV) else None
+                else:
+                    given = _infer(module, probe) if probe is not None else None
                 if given is None:
                     raise SingledirError(
                         f"layer {n!r} outputs shape {tuple(h.shape)} and its unit axis is ambiguous; pass "

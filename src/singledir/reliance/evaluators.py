@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from singledir.errors import SingledirError
 from singledir.reliance.batched import HookEvaluator
 from singledir.reliance.fast import FastEvaluator, TraceFailed
+from singledir.reliance.inputs import split_layer
 from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET
 from singledir.reliance.reference import ReferenceEvaluator
 
@@ -54,6 +55,8 @@ def fx_unsupported(batches, plans, output_fn=None) -> str | None:
         return "the inputs are a dict of tensors"
     if any(y.ndim != 1 or bool((y == -100).any()) for _, y in batches):
         return "the labels are per token or hold -100"
+    if any(split_layer(p.name)[1] for p in plans):
+        return "a module's input (':input') is analysed"
     return None
 
 

@@ -39,7 +39,7 @@ from torch import nn
 from singledir.errors import SingledirError
 from singledir.reliance.axes import from_canonical, to_canonical
 from singledir.reliance.edits import NoiseSpec, apply_noise, as_edit, example_noise
-from singledir.reliance.inputs import check_unit_output, validate_layers
+from singledir.reliance.inputs import check_unit_output, split_layer, validate_layers
 
 __all__ = ["NoiseControl", "Recording", "ablate", "edit_outputs", "model_guard", "noise", "record"]
 
@@ -106,6 +106,23 @@ def model_guard(model: nn.Module, check_weights: bool = True) -> Iterator[nn.Mod
         raise RuntimeError("internal error: a parameter was modified during the analysis")
 
 
+def attach(model: nn.Module, name: str, fn):
+    """Hook ``fn(value) -> new value or None`` on layer ``name``: its output, or with a ``":input"`` name
+    its module's first positional input (a pre-hook). Returns the hook handle."""
+    base, is_input = split_layer(name)
+    module = model.get_submodule(base)
+    if not is_input:
+        return module.register_forward_hook(lambda _m, _i, out: fn(out))
+
+    def pre(_m, args):
+        if not args:
+            raise SingledirError(f"layer {name!r}: the module is called without a positional input to read")
+        new = fn(args[0])
+        return None if new is None else (new, *args[1:])
+
+    return module.register_forward_pre_hook(pre)
+
+
 # --------------------------------------------------------------------------------------------------
 # Generic output editing and recording
 # --------------------------------------------------------------------------------------------------
@@ -130,10 +147,10 @@ def edit_outputs(model: nn.Module, edits: Mapping[str, Callable[[torch.Tensor], 
 
             d = (unit_dims or {}).get(name, 1)
 
-            def hook(_m, _inp, out, fn=fn, name=name, d=d):
+            def hook(out, fn=fn, name=name, d=d):
                 return from_canonical(fn(to_canonical(check_unit_output(out, name), d)), d)
 
-            handles.append(model.get_submodule(name).register_forward_hook(hook))
+            handles.append(attach(model, name, hook))
         yield model
     finally:
         for h in handles:
@@ -160,7 +177,7 @@ def record(model: nn.Module, layers, *, detach: bool = True, clone: bool = False
     try:
         for name in names:
 
-            def hook(_m, _inp, out, name=name):
+            def hook(out, name=name):
                 if isinstance(out, torch.Tensor):
                     if detach:
                         out = out.detach()
@@ -168,7 +185,7 @@ def record(model: nn.Module, layers, *, detach: bool = True, clone: bool = False
                         out = out.clone()
                 rec[name] = out
 
-            handles.append(model.get_submodule(name).register_forward_hook(hook))
+            handles.append(attach(model, name, hook))
         yield rec
     finally:
         for h in handles:

@@ -50,6 +50,7 @@ __all__ = [
     "num_scored",
     "repeat_inputs",
     "shift_labels",
+    "split_layer",
     "take",
     "candidate_layers",
     "check_choice",
@@ -65,6 +66,10 @@ __all__ = [
 
 #: Batch size used to split an ``(inputs, labels)`` pair when ``batch_size`` is not given.
 DEFAULT_BATCH_SIZE = 500
+#: A layer name ending in this suffix names the *input* of that module, e.g.
+#: ``"model.layers.0.mlp.down_proj:input"``: a gated MLP's neurons (``act(gate(x)) * up(x)``) exist only
+#: as the input of its down-projection.
+INPUT_SUFFIX = ":input"
 #: A label with this value is not scored (the Hugging Face / PyTorch ``ignore_index`` convention).
 IGNORE_INDEX = -100
 
@@ -299,10 +304,18 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:_MAX_LISTED]) + f", ... ({len(names) - _MAX_LISTED} more)"
 
 
+def split_layer(name: str) -> tuple[str, bool]:
+    """``(module name, True)`` for ``"module:input"`` (the module's first positional input), else ``(name, False)``."""
+    if name.endswith(INPUT_SUFFIX):
+        return name[: -len(INPUT_SUFFIX)], True
+    return name, False
+
+
 def validate_layers(model: nn.Module, layers) -> list[str]:
     """Check dotted layer names against ``model`` and return them as a list (a single str is allowed).
 
-    Unknown names raise :class:`SingledirError` listing valid ones (``model.unit_layers`` if the model
+    A name may end in ``":input"`` (the module's input, :data:`INPUT_SUFFIX`). Unknown names raise
+    :class:`SingledirError` listing valid ones (``model.unit_layers`` if the model
     has it, else its named modules, truncated). Empty or repeated names also raise.
 
     Example::
@@ -324,7 +337,8 @@ def validate_layers(model: nn.Module, layers) -> list[str]:
     for name in layers:
         if not isinstance(name, str):
             raise SingledirError(f"layer names must be strings (dotted module names), got {name!r}")
-        if name not in modules or name == "":
+        base = split_layer(name)[0]
+        if base not in modules or base == "":
             raise SingledirError(
                 f"unknown layer {name!r}; valid layers: {_listing(candidate_layers(model))}"
             )

@@ -434,15 +434,20 @@ def plain_hook_curve(model, call, labels, layer: str, levels, edit_fn) -> list[P
     plain call ``call(model)`` returning the logits (or an output with ``.logits``), scored against
     ``labels`` (-100 not scored) with ``torch.nn.functional.cross_entropy`` -- no engine code involved.
 
+    A ``layer`` ending in ``":input"`` edits the module's first positional input instead.
     ``edit_fn(out, k)`` sees the layer's raw output (e.g. zero ``out[..., seq[:k]]``); ``k=None`` is not
     used. The model should be in eval mode; hooks are removed after every level.
     """
     import torch.nn.functional as F
 
-    module = model.get_submodule(layer)
+    is_input = layer.endswith(":input")  # the module's first positional input, by a plain pre-hook
+    module = model.get_submodule(layer[: -len(":input")] if is_input else layer)
     out = []
     for k in levels:
-        handle = module.register_forward_hook(lambda _m, _i, o, k=k: edit_fn(o, k))
+        if is_input:
+            handle = module.register_forward_pre_hook(lambda _m, a, k=k: (edit_fn(a[0], k), *a[1:]))
+        else:
+            handle = module.register_forward_hook(lambda _m, _i, o, k=k: edit_fn(o, k))
         try:
             res = call(model)
         finally:
