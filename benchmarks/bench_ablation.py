@@ -19,6 +19,11 @@ Cases (see benchmarks/README.md for the numbers and how to read them):
 
 5. ``mlp-noise``     noise curves on both MLP layers (the default 11 scales x 5 repeats), 10k images.
                      Target: fast >= 10x reference.
+6. ``transformer-mlp`` (opt-in: ``--cases transformer-mlp``) a small transformer
+                     (:class:`singledir.models.transformer.SeqTransformer`, width 32, 2 blocks, MNIST-1D as
+                     40 tokens, 1000 test sequences): full curve over the last block's 128 MLP neurons
+                     (units on the last axis, 129 levels), the engine's fast path vs a plain per-level hook
+                     loop (TransformerLens-style: one hook and one full forward pass per level). Aim >= 10x.
 
 Every case checks that the paths agree and prints it. Curves: by
 :func:`singledir.reliance.testing.compare_curves` -- accuracies equal except at near-ties (top-2 logit
@@ -376,6 +381,8 @@ def main(argv=None) -> int:
             elif case == "mlp-noise":
                 r = noise_case(case, mlp, mlp_data, ["hidden.0", "hidden.1"], args.mlp_batch, 10, methods,
                                args.repeats)
+            elif case == "transformer-mlp":
+                r = transformer_mlp_case(case, args, 10)
             else:
                 print(f"unknown case {case!r}; choose from the --cases default", file=sys.stderr)
                 return 2
@@ -405,6 +412,50 @@ def main(argv=None) -> int:
     os.replace(tmp, args.json)
     print(f"\nresults written to {args.json}")
     return 0 if all(r["equal"] for r in results) else 1
+
+
+def transformer_mlp_case(name, args, target):
+    """Case 6 (module docstring): fast path vs a plain per-level hook loop on a transformer's MLP neurons."""
+    import singledir as sd
+    from singledir.data import load_dataset
+    from singledir.models.transformer import SeqTransformer
+    from singledir.reliance.testing import plain_hook_curve, zero_last_axis
+
+    ds = load_dataset("mnist1d")
+    model = SeqTransformer(40, ds.num_classes, width=32, depth=2)
+    if not args.no_train:
+        brief_train(model, ds.x_train, ds.y_train, 3, batch_size=64, lr=3e-3)
+    model.eval()
+    n = min(1000 if not args.quick else 300, len(ds.y_test))
+    x, y = ds.x_test[:n], ds.y_test[:n]
+    layer = model.unit_layers[-1]
+    sd.ablation_curves(model, (x[:50], y[:50]), [layer], repeats=1, levels=[0, 1], method="fast")  # warm-up
+    seq = [u for _, u in sd.ablation_curves(model, (x[:2], y[:2]), [layer], repeats=1, levels=[0]).sequences[
+        ("random", 0)]]
+    levels = list(range(len(seq) + 1))
+
+    def plain():
+        return plain_hook_curve(model, lambda m: torch.cat([m(x[i : i + 500]) for i in range(0, n, 500)]), y, layer,
+                                levels, zero_last_axis(seq))
+
+    fns = {"reference": plain, "fast": lambda: sd.ablation_curves(model, (x, y), [layer], repeats=1, seed=0,
+                                                                   batch_size=500, method="fast")}
+    res, times, every = timed_all(fns, args.repeats)
+    fast = res["fast"]
+    assert [u for _, u in fast.sequences[("random", 0)]] == seq
+    differ = [round(abs(a - p.accuracy) * p.n) for a, p in zip(fast.curves.accuracy, res["reference"])]
+    ties = [p.near_ties for p in res["reference"]]
+    loss_diff = max(abs(lo - p.loss) for lo, p in zip(fast.curves.loss, res["reference"]))
+    equal = all(d <= t for d, t in zip(differ, ties)) and loss_diff <= 1e-5
+    return {
+        "case": name, "kind": "curve", "layers": [layer], "levels": len(levels), "examples": n,
+        "times_s": times, "all_times_s": every, "target_speedup": target,
+        "speedup_fast_vs_reference": times["reference"] / times["fast"], "equal": equal,
+        "checks": {"fast": {"agree": equal, "examples_differing": int(sum(differ)), "loss_max_abs_diff": loss_diff,
+                            "summary": f"{sum(differ)} predictions differ over {len(levels)} levels (near-ties "
+                                       f"allowed per level: {max(ties)} at most); loss max diff {loss_diff:.1e}; "
+                                       f"reference = plain per-level hook loop"}},
+    }
 
 
 def _line(r) -> str:

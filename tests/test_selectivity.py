@@ -99,7 +99,9 @@ def test_conv_maps_averaged_over_space_and_exact_dead_rule():
     x[:, 0, 0, 0] = 1.0  # constant pixel everywhere
     x[:, 1, 0, 0] = 1.0  # +1 and -1 average to 0 for every example, yet the map is not dead
     x[:, 1, 3, 3] = -1.0
-    df = sd.class_selectivity(Passthrough(), (x, y), "act").set_index("unit")
+    with pytest.raises(SingledirError, match="unit_dim"):  # a 4-D input passed through: ambiguous
+        sd.class_selectivity(Passthrough(), (x, y), "act")
+    df = sd.class_selectivity(Passthrough(), (x, y), "act", unit_dim=1).set_index("unit")
     # channel 0: spatial means 1/16 + 0.5 (class 2) vs 1/16 -> (0.5625 - 0.0625) / (0.625)
     assert df.loc[0, "preferred_class"] == 2
     assert df.loc[0, "selectivity"] == pytest.approx(0.5 / 0.625, abs=1e-6)

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
         description=__doc__.split("\n\n")[0] + " Claims: " + ", ".join(CLAIMS) + ".",
     )
     p.add_argument("claims", nargs="*", metavar="CLAIM",
-                   help=f"claims to run (default: all): {', '.join(CLAIMS)}")
+                   help=f"claims to run (default: all): {', '.join(CLAIMS)}; opt-in: transformer")
     p.add_argument("--preset", default="quick",
                    help=f"settings preset: {', '.join(PRESETS)} (default quick: ~20 min on 2 CPU cores; "
                         f"smoke: seconds, for tests; paper: the paper's sizes, for a GPU or a long run)")

@@ -1,7 +1,8 @@
 """The paper's claims as experiments: presets, the run cache, verdict rules, and the main job.
 
 - :data:`CLAIMS` -- claim name -> module under :mod:`singledir.experiments.claims` (each has ``NAME``,
-  ``TITLE``, ``STATEMENT``, ``RULE`` and ``run(ctx) -> ClaimResult``).
+  ``TITLE``, ``STATEMENT``, ``RULE`` and ``run(ctx) -> ClaimResult``); :data:`OPT_IN_CLAIMS` -- claims
+  run only when named (the transformer's label corruption).
 - :func:`reproduce` (in :mod:`.reproduce`) -- run claims with a preset and write the report.
 - :mod:`.presets`, :mod:`.runner`, :mod:`.verdicts`, :mod:`singledir.analysis.jobs` (per-run jobs), :mod:`.context`; the statistics
   themselves are in :mod:`singledir.stats`.
@@ -18,6 +19,10 @@ CLAIMS = {
     "batchnorm": "singledir.experiments.claims.batchnorm",
     "selectivity": "singledir.experiments.claims.selectivity",
 }
+#: Claims run only when named (``--claims transformer``); each module has ``preset_settings(preset)``.
+OPT_IN_CLAIMS = {
+    "transformer": "singledir.experiments.claims.transformer",
+}
 
 
 def reproduce(*args, **kwargs):
@@ -27,4 +32,4 @@ def reproduce(*args, **kwargs):
     return _reproduce(*args, **kwargs)
 
 
-__all__ = ["CLAIMS", "reproduce"]
+__all__ = ["CLAIMS", "OPT_IN_CLAIMS", "reproduce"]

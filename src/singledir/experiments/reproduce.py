@@ -24,7 +24,7 @@ from pathlib import Path
 
 from singledir import stats
 from singledir.errors import SingledirError
-from singledir.experiments import CLAIMS, verdicts
+from singledir.experiments import CLAIMS, OPT_IN_CLAIMS, verdicts
 from singledir.experiments.context import ClaimResult, Context
 from singledir.experiments.presets import NOTES, get_preset, shift_seeds, training_dicts
 from singledir.experiments.runner import Runner, run_name, timer
@@ -32,13 +32,15 @@ from singledir.io import jsonable
 
 
 def check_claims(claims) -> list[str]:
-    """The claims to run (all when none given), in the canonical order; unknown -> SingledirError."""
+    """The claims to run (all of :data:`CLAIMS` when none given; opt-in ones only when named), in the
+    canonical order; unknown -> SingledirError."""
     if not claims:
         return list(CLAIMS)
-    bad = [c for c in claims if c not in CLAIMS]
+    known = {**CLAIMS, **OPT_IN_CLAIMS}
+    bad = [c for c in claims if c not in known]
     if bad:
-        raise SingledirError(f"unknown claim {', '.join(map(repr, bad))}; choose from {', '.join(CLAIMS)}")
-    return [c for c in CLAIMS if c in set(claims)]
+        raise SingledirError(f"unknown claim {', '.join(map(repr, bad))}; choose from {', '.join(known)}")
+    return [c for c in known if c in set(claims)]
 
 
 def machine(device: str, jobs: int) -> dict:
@@ -75,7 +77,7 @@ def _check_data(settings: dict, data_dir) -> list[str]:
 
 
 def _error_result(name: str, settings: dict, err: BaseException, ctx: Context) -> ClaimResult:
-    module = importlib.import_module(CLAIMS[name])
+    module = importlib.import_module({**CLAIMS, **OPT_IN_CLAIMS}[name])
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     return ClaimResult(name, module.TITLE, module.STATEMENT, module.RULE, verdicts.ERROR,
                        f"the experiment raised {type(err).__name__}: {err} (traceback below)",
@@ -125,10 +127,13 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
 
     claims = check_claims(claims)
     settings = shift_seeds(get_preset(preset, dataset), seed_offset)  # checks the preset and dataset names
+    for c in claims:  # opt-in claims bring their own settings (no training configs for the run cache)
+        if c in OPT_IN_CLAIMS:
+            settings[c] = importlib.import_module(OPT_IN_CLAIMS[c]).preset_settings(preset)
     device = str(resolve_device(device))  # one clear error before any work when CUDA is absent
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data_notes = _check_data({c: settings[c] for c in claims}, data_dir)
+    data_notes = _check_data({c: settings[c] for c in claims if c not in OPT_IN_CLAIMS}, data_dir)
 
     elapsed = timer()
     doc = {
@@ -162,7 +167,7 @@ def reproduce(out, claims=None, *, preset: str = "quick", dataset: str | None = 
             ctx = Context(name, preset, settings[name], runner, out / "figures", progress)
             t, cpu0, wcpu0 = timer(), time.process_time(), runner.worker_cpu_seconds
             try:
-                result = importlib.import_module(CLAIMS[name]).run(ctx)
+                result = importlib.import_module({**CLAIMS, **OPT_IN_CLAIMS}[name]).run(ctx)
             except SingledirError:
                 raise
             except Exception as err:  # noqa: BLE001 - a bug in one claim must not lose the others

@@ -6,7 +6,10 @@ choice :func:`make_evaluator` / :data:`METHODS` / :data:`DEFAULT_MEMORY_BUDGET`.
 
 Files, one job each (data flows top to bottom):
 
-- :mod:`.inputs` -- data as batches, layer names, argument checks, :class:`~.inputs.ModelInput`.
+- :mod:`.inputs` -- data as batches (tensors, dicts of tensors, HF-style ``labels``), layer names,
+  argument checks, :class:`~.inputs.ModelInput` (device, calling the model, picking its logits).
+- :mod:`.axes` -- each layer's unit axis (``unit_dim``: given, or inferred where unambiguous) and the
+  canonical layout (N, units, *positions) every path edits in; padding masks.
 - :mod:`.hooks` -- context managers that install hooks and always remove them (model_guard, record,
   edit_outputs, ablate, noise).
 - :mod:`.edits` -- clamp / projection / noise tensor math shared by every path.
@@ -15,7 +18,9 @@ Files, one job each (data flows top to bottom):
 - :mod:`.reference` -- the plain path; :mod:`.batched` -- the batched-hook path; :mod:`.fast` -- the fx
   path (a package); :mod:`.evaluators` -- which path runs.
 - :mod:`.common` -- set-up shared by the measurements; :mod:`.ablation`, :mod:`.noise`,
-  :mod:`.importance`, :mod:`.selectivity`, :mod:`.correlation` -- the measurements.
+  :mod:`.importance`, :mod:`.selectivity`, :mod:`.correlation` -- the measurements, one call shape
+  ``fn(model, data, layers, *, ...)``; :mod:`.results` -- :class:`~.results.Table` (a DataFrame with
+  ``.meta``) for the per-unit ones.
 - :mod:`.testing` -- toy models, data and the fast-vs-reference comparison for tests and benchmarks.
 """
 

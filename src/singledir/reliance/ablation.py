@@ -195,21 +195,25 @@ def ablation_curves(
     model,
     data,
     layers,
-    order="random",
+    *,
+    order=None,
     repeats: int = 10,
     clamp: str = "zero",
     levels=None,
     seed: int = 0,
     stats_data=None,
-    basis: str = "units",
+    basis="units",
+    unit_dim=None,
+    output_fn=None,
     batch_size: int | None = None,
     memory_budget: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
     method: str = "auto",
 ) -> AblationResult:
     """Cumulative ablation of the units of ``layers`` (pooled into one sequence) on ``data``.
 
-    - ``order``: "random" (``repeats`` seeded permutations of the pooled units), "selectivity-high" /
+    - ``order`` (default "random"; "rows" with a direction tensor): "random" (``repeats`` seeded
+      permutations of the pooled units), "selectivity-high" /
       "selectivity-low" (class selectivity index on ``stats_data`` or ``data``, most / least selective
       first), "importance-high" / "importance-low" (single-unit accuracy drop on ``data``, ties by loss
       rise), a list of these names, or an explicit sequence of ``(layer, unit)`` pairs (one curve,
@@ -221,13 +225,31 @@ def ablation_curves(
     - ``basis``: "units", or "random": ablate seeded random orthonormal directions of each layer's unit
       space (``h <- h - Q_k Q_k^T h``, per spatial position for conv maps; with clamp "mean" the
       directions are clamped to the mean's component), pooled across layers; order must be "random".
+      Or the directions you hold: a (k, units) tensor for a single layer, or a dict layer -> tensor
+      (probe weights, PCA components, sparse-autoencoder decoder rows). Level j removes the *span* of the
+      first j directions (projection onto its orthogonal complement, built by Gram-Schmidt / QR in
+      float64; with clamp "mean" the span's component is set to the mean's). Directions need not be
+      orthonormal: a direction inside the span of earlier ones removes nothing new (``meta["rank"]``
+      counts the span's dimension). Default order: the rows' own order, layer after layer (one curve,
+      order "rows"); ``order="random"``: ``repeats`` seeded shuffles of the pooled rows. The identity
+      rows give exactly the unit ablation in their order.
+    - ``unit_dim``: the axis of each layer's output that holds its units (an int for all layers, or a
+      dict layer -> int; e.g. -1 for a transformer's MLP neurons (batch, tokens, d_mlp)); the other
+      non-batch axes are positions, each ablated alike. Default: inferred where unambiguous (a 2-D
+      output, a Linear's output -> last axis, a Conv's -> 1), else an error that asks for it.
+    - ``output_fn``: picks the logits from the model's output (default: a tensor, a tuple's first
+      element, or ``.logits``). (N, classes) logits are scored against (N,) labels; (N, S, vocab)
+      per-token logits against (N, S) labels (-100 not scored): accuracy is then token accuracy, loss
+      the mean cross-entropy over the scored tokens, and ``n_examples`` counts those tokens.
     - ``method``: "auto" (fast fx path; batched hooks if the model cannot be traced), "fast", "hooks", or
       "reference" (one plain forward pass per level). All give the same accuracies.
     - ``memory_budget``: bytes of activations the engine may hold (default 1 GiB); ``batch_size`` splits
       tensor data; ``progress``: tqdm bars on stderr.
 
     The model is evaluated in eval mode under ``no_grad`` and handed back as it came (training flags,
-    weights, no hooks), also when an error is raised. Returns an :class:`AblationResult`.
+    weights, no hooks), also when an error is raised. Returns an :class:`AblationResult`; its ``meta``
+    also holds ``unit_dims``, ``token_level`` and ``n_sequences`` (``n_examples`` counts scored labels),
+    and for direction tensors ``directions``, ``rank``, ``orthonormal`` and ``removed``.
 
     Example::
 
@@ -236,9 +258,18 @@ def ablation_curves(
     """
     method = check_method(method)
     memory_budget = check_budget(memory_budget)
-    basis = check_choice(basis, BASES, "basis")
+    directions_given = not isinstance(basis, str)
+    if not directions_given:
+        basis = check_choice(basis, BASES, "basis")
+    if order is None:
+        order = "rows" if directions_given else "random"
     seed = check_seed(seed)
     repeats = check_repeats(repeats)
+    if directions_given:
+        from singledir.reliance.directions import direction_curves
+
+        return direction_curves(model, data, layers, basis, order, repeats, clamp, levels, seed, stats_data,
+                                unit_dim, output_fn, batch_size, memory_budget, progress, method)
     explicit = _is_explicit(order)
     if explicit:
         orders = ["custom"]
@@ -254,7 +285,7 @@ def ablation_curves(
         raise SingledirError("basis='random' supports only order='random' (directions have no selectivity)")
 
     with model_guard(model), torch.no_grad():
-        prepared = prepare(model, data, layers, batch_size)
+        prepared = prepare(model, data, layers, batch_size, unit_dim=unit_dim, output_fn=output_fn)
         check_choice(clamp, ("zero", "mean"), "clamp")
         # stats_data is read once (a shuffled DataLoader would yield a new order on every pass)
         stats_batches = None if stats_data is None else as_batches(stats_data, batch_size)
@@ -268,7 +299,7 @@ def ablation_curves(
         if basis == "random" and clamp == "mean":
             centers = unit_means(model, prepared, stats_batches)
 
-        ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress)
+        ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress, output_fn)
         curves: list[Curve] = []
         directions: dict = {}
         imp = None
@@ -286,14 +317,16 @@ def ablation_curves(
                         for li, p in enumerate(plans):
                             q = random_basis(p.units, seed, r, li)
                             center = centers[p.name].float() if centers is not None else None
-                            cplans.append(LayerPlan(p.name, p.units, torch.zeros(p.units), q, center))
+                            cplans.append(LayerPlan(p.name, p.units, torch.zeros(p.units), q, center, p.unit_dim))
                         directions[("random", r)] = {p.name: p.basis for p in cplans}
                     curves.append(Curve(seq, lv, cplans, "random", r))
             elif o.startswith("selectivity"):
                 from singledir.reliance.selectivity import class_selectivity
 
                 src = prepared.batches if stats_batches is None else stats_batches
-                sel = class_selectivity(model, src, prepared.layers, batch_size=batch_size, num_classes=prepared.num_classes)
+                sel = class_selectivity(model, src, prepared.layers, batch_size=batch_size,
+                                        num_classes=prepared.num_classes, unit_dim=prepared.unit_dims,
+                                        output_fn=output_fn)
                 sel_map = {(r.layer, int(r.unit)): float(r.selectivity) for r in sel.itertuples()}
                 a = [sel_map[(plans[li].name, u)] for li, u in pooled]
                 seq = _sorted_sequence(pooled, a, np.zeros(total), descending=o.endswith("high"))
@@ -307,12 +340,22 @@ def ablation_curves(
                 curves.append(Curve(seq, lv, plans, o, 0))
 
         results = ev.cumulative(curves)
-        if 0 in lv:
-            first = results[0]
-            base_c, base_l = int(first[0][lv.index(0)]), float(first[1][lv.index(0)])
-        else:
-            base_c, base_l = ev.base()
+        base = _base(ev, results, lv)
+    return _result(prepared, plans, curves, results, lv, total, ev, base, clamp=clamp, basis=basis, seed=seed,
+                   repeats=repeats, orders=orders, directions=directions)
 
+
+def _base(ev, results, lv):
+    if 0 in lv:
+        first = results[0]
+        return int(first[0][lv.index(0)]), float(first[1][lv.index(0)])
+    return ev.base()
+
+
+def _result(prepared, plans, curves, results, lv, total, ev, base, *, clamp, basis, seed, repeats, orders,
+            directions, extra=None, seq_names=None):
+    """The :class:`AblationResult` of evaluated curves."""
+    base_c, base_l = base
     n = prepared.n_examples
     rows = []
     for curve, (correct, loss) in zip(curves, results):
@@ -320,6 +363,8 @@ def ablation_curves(
             rows.append((curve.order, curve.repeat, k, k / total, correct[i] / n, loss[i] / n))
     df = pd.DataFrame(rows, columns=["order", "repeat", "k", "fraction", "accuracy", "loss"])
     sequences = {(c.order, c.repeat): [(plans[li].name, int(u)) for li, u in c.sequence] for c in curves}
+    if seq_names is not None:
+        sequences = seq_names
     meta = {
         "layers": list(prepared.layers),
         "units": dict(prepared.units),
@@ -335,5 +380,7 @@ def ablation_curves(
         **path_meta(ev),
         "base_accuracy": base_c / n,
         "base_loss": base_l / n,
+        **prepared.meta(),
+        **(extra or {}),
     }
     return AblationResult(df, sequences, meta, directions)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from singledir.reliance.edits import NoiseSpec, apply_clamp, apply_projection
 from singledir.reliance.fast.layout import nbytes
 from singledir.reliance.hooks import edit_outputs, noise
+from singledir.reliance.inputs import batch_len, repeat_inputs, take
 from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET, check_logits, projection_matrix, score
 from singledir.reliance.reference import ReferenceEvaluator
 
@@ -27,26 +28,28 @@ class HookEvaluator(ReferenceEvaluator):
 
     name = "hooks"
 
-    def __init__(self, model, batches, plans, memory_budget: int | None = None, progress: bool = False):
-        super().__init__(model, batches, plans, progress)
+    def __init__(self, model, batches, plans, memory_budget: int | None = None, progress: bool = False,
+                 output_fn=None):
+        super().__init__(model, batches, plans, progress, output_fn)
         self.budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
         self.replicas = self._replicas()
 
     def _replicas(self) -> int:
-        """How many configurations fit in one pass: all module outputs of R copies of a batch <= budget."""
-        x = self.feed(self.batches[0][0][:2])
+        """How many configurations fit in one pass: all module outputs of R copies of a batch <= budget.
+
+        Every module's output counts -- containers too, and tuples / dicts / output objects by the tensors
+        they hold (a transformer block returns a tuple): an over-estimate for nested models, never 0 bytes.
+        """
+        x = self.feed(take(self.batches[0][0], 0, 2))
+        n = batch_len(x)
         sizes = []
-        handles = [
-            m.register_forward_hook(lambda _m, _i, o: sizes.append(nbytes(o)))
-            for m in self.model.modules()
-            if not list(m.children())
-        ]
+        handles = [m.register_forward_hook(lambda _m, _i, o: sizes.append(nbytes(o))) for m in self.model.modules()]
         try:
-            self.model(x)
+            self.feed.call(self.model, x)
         finally:
             for h in handles:
                 h.remove()
-        per_example = max(1, sum(sizes)) / x.shape[0] + nbytes(x) / x.shape[0]
+        per_example = max(1, sum(sizes)) / n + nbytes(x) / n
         batch = max(int(b[1].shape[0]) for b in self.batches)
         return int(max(1, min(64, self.budget // (per_example * batch * 2))))
 
@@ -75,16 +78,21 @@ class HookEvaluator(ReferenceEvaluator):
         r = len(configs)
         correct = np.zeros(r, dtype=np.int64)
         loss = np.zeros(r)
-        with edit_outputs(self.model, self._replica_edits(plans, configs)):
+        with edit_outputs(self.model, self._replica_edits(plans, configs), self.unit_dims):
             for x, y in self.batches:
-                x, y = self.feed(x), y.to(self.device)
-                xr = x.repeat(r, *([1] * (x.ndim - 1)))
-                logits = check_logits(self.model(xr)).reshape(r, x.shape[0], -1)
+                y = y.to(self.device)
+                logits = self._replica_logits(x, y, r)
                 for i in range(r):
                     c, lo = score(logits[i], y)
                     correct[i] += c
                     loss[i] += lo
         return correct, loss
+
+    def _replica_logits(self, x, y, r: int):
+        """(R, n, ...) logits of the inputs ``x`` repeated ``r`` times along the batch (labels ``y``)."""
+        out = self.feed.logits(self.model, self.feed(repeat_inputs(x, r)))
+        out = check_logits(out, y.repeat(r, *([1] * (y.ndim - 1))))
+        return out.reshape(r, batch_len(x), *out.shape[1:])
 
     def cumulative(self, curves):
         out = []
@@ -121,12 +129,12 @@ class HookEvaluator(ReferenceEvaluator):
                 specs = {name: NoiseSpec(plan.sigmas[i], scales, key=plan.key(rep, i)) for i, name in enumerate(plan.names)}
                 start = 0
                 for x, y in self.batches:
-                    x, y = self.feed(x), y.to(self.device)
-                    with noise(self.model, specs, start=start):
-                        logits = check_logits(self.model(x.repeat(r, *([1] * (x.ndim - 1))))).reshape(r, x.shape[0], -1)
+                    y = y.to(self.device)
+                    with noise(self.model, specs, start=start, unit_dims=self.unit_dims):
+                        logits = self._replica_logits(x, y, r)
                     for i in range(r):
                         c, lo = score(logits[i], y)
                         correct[rep, g + i] += c
                         loss[rep, g + i] += lo
-                    start += x.shape[0]
+                    start += batch_len(x)
         return correct, loss

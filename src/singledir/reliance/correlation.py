@@ -22,6 +22,7 @@ import pandas as pd
 
 from singledir import stats
 from singledir.errors import SingledirError
+from singledir.reliance.results import Table
 
 __all__ = ["selectivity_vs_importance", "spearman_with_ci"]
 
@@ -45,9 +46,14 @@ def selectivity_vs_importance(
     drop_dead: bool = True,
     bins: int | None = None,
     clamp: str = "zero",
+    stats_data=None,
+    unit_dim=None,
+    output_fn=None,
     batch_size: int | None = None,
+    memory_budget: int | None = None,
+    method: str = "auto",
     progress: bool = False,
-) -> pd.DataFrame:
+) -> Table:
     """Spearman rho (+ p-value, bootstrap CI) between tuning measures and unit importance.
 
     Either ``model``, ``data`` (``(inputs, labels)`` or batches; the paper uses the test set) and
@@ -55,6 +61,9 @@ def selectivity_vs_importance(
     ``clamp``) are run -- or ``units=``: a DataFrame with columns ``layer``, ``unit``, the
     ``measures`` and ``importance`` (e.g. the ``units.parquet`` written by ``singledir analyze``), or a
     pair ``(selectivity_df, importance_df)`` joined on ``layer, unit``.
+
+    ``clamp``, ``stats_data``, ``unit_dim``, ``output_fn``, ``batch_size``, ``memory_budget``, ``method``,
+    ``progress``: passed to the two measurements (as in :func:`~.ablation.ablation_curves`).
 
     ``importance``: the importance column (``"accuracy_drop"``, or ``"loss_increase"``). ``measures``:
     tuning columns to correlate (default selectivity and mutual information). ``n_boot`` bootstrap
@@ -79,7 +88,9 @@ def selectivity_vs_importance(
     if not (isinstance(confidence, float) and 0.0 < confidence < 1.0):
         raise SingledirError(f"confidence must be a float in (0, 1), e.g. 0.95, got {confidence!r}")
 
-    table = _units_table(model, data, layers, units, importance, measures, bins, clamp, batch_size, progress)
+    run = {"clamp": clamp, "stats_data": stats_data, "unit_dim": unit_dim, "output_fn": output_fn,
+           "batch_size": batch_size, "memory_budget": memory_budget, "method": method, "progress": progress}
+    table = _units_table(model, data, layers, units, importance, measures, bins, run)
     layer_names = list(pd.unique(table["layer"]))
     groups = [(name, table[table["layer"] == name]) for name in layer_names] + [("all", table)]
 
@@ -105,7 +116,7 @@ def selectivity_vs_importance(
                     "n_dropped": int(n_before - len(x)), "note": note,
                 }
             )
-    out = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    out = Table(rows, columns=RESULT_COLUMNS)
     out.attrs.update({"n_boot": n_boot, "confidence": confidence, "seed": seed, "drop_dead": bool(drop_dead)})
     return out
 
@@ -121,7 +132,7 @@ def spearman_with_ci(x, y, *, boot_idx=None, n_boot: int = 1000, confidence: flo
     return c["rho"], c["p"], c["ci_low"], c["ci_high"], c["note"]
 
 
-def _units_table(model, data, layers, units, importance, measures, bins, clamp, batch_size, progress):
+def _units_table(model, data, layers, units, importance, measures, bins, run):
     """The per-unit table to correlate: from ``units`` or computed from the model."""
     if units is not None:
         if isinstance(units, (tuple, list)) and len(units) == 2:
@@ -144,9 +155,9 @@ def _units_table(model, data, layers, units, importance, measures, bins, clamp, 
         from singledir.reliance.importance import unit_importance
         from singledir.reliance.selectivity import DEFAULT_BINS, class_selectivity
 
-        sel = class_selectivity(model, data, layers, bins=bins or DEFAULT_BINS, batch_size=batch_size,
-                                progress=progress)
-        imp = unit_importance(model, data, layers, clamp=clamp, batch_size=batch_size, progress=progress)
+        sel = class_selectivity(model, data, layers, bins=bins or DEFAULT_BINS, batch_size=run["batch_size"],
+                                unit_dim=run["unit_dim"], progress=run["progress"])
+        imp = unit_importance(model, data, layers, **run)
         dup = [c for c in imp.columns if c in sel.columns and c not in ("layer", "unit")]
         table = sel.merge(imp.drop(columns=dup), on=["layer", "unit"], how="inner")
     _need(table, ["layer", "unit", importance, *measures], "the unit table")

@@ -37,8 +37,9 @@ import torch
 from torch import nn
 
 from singledir.errors import SingledirError
+from singledir.reliance.axes import from_canonical, to_canonical
 from singledir.reliance.edits import NoiseSpec, apply_noise, as_edit, example_noise
-from singledir.reliance.inputs import check_unit_output, validate_layers
+from singledir.reliance.inputs import check_unit_output, split_layer, validate_layers
 
 __all__ = ["NoiseControl", "Recording", "ablate", "edit_outputs", "model_guard", "noise", "record"]
 
@@ -105,12 +106,33 @@ def model_guard(model: nn.Module, check_weights: bool = True) -> Iterator[nn.Mod
         raise RuntimeError("internal error: a parameter was modified during the analysis")
 
 
+def attach(model: nn.Module, name: str, fn):
+    """Hook ``fn(value) -> new value or None`` on layer ``name``: its output, or with a ``":input"`` name
+    its module's first positional input (a pre-hook). Returns the hook handle."""
+    base, is_input = split_layer(name)
+    module = model.get_submodule(base)
+    if not is_input:
+        return module.register_forward_hook(lambda _m, _i, out: fn(out))
+
+    def pre(_m, args):
+        if not args:
+            raise SingledirError(f"layer {name!r}: the module is called without a positional input to read")
+        new = fn(args[0])
+        return None if new is None else (new, *args[1:])
+
+    return module.register_forward_pre_hook(pre)
+
+
 # --------------------------------------------------------------------------------------------------
 # Generic output editing and recording
 # --------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def edit_outputs(model: nn.Module, edits: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]):
+def edit_outputs(model: nn.Module, edits: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+                 unit_dims: Mapping[str, int] | None = None):
     """Replace each named layer's output ``out`` by ``edits[layer](out)``; hooks removed on exit.
+
+    ``unit_dims[layer]`` (default 1) is the layer's unit axis: the edit sees the output in the canonical
+    layout (N, units, *positions) (:mod:`.axes`) and its result is moved back.
 
     Example::
 
@@ -123,10 +145,12 @@ def edit_outputs(model: nn.Module, edits: Mapping[str, Callable[[torch.Tensor], 
         for name in names:
             fn = edits[name]
 
-            def hook(_m, _inp, out, fn=fn, name=name):
-                return fn(check_unit_output(out, name))
+            d = (unit_dims or {}).get(name, 1)
 
-            handles.append(model.get_submodule(name).register_forward_hook(hook))
+            def hook(out, fn=fn, name=name, d=d):
+                return from_canonical(fn(to_canonical(check_unit_output(out, name), d)), d)
+
+            handles.append(attach(model, name, hook))
         yield model
     finally:
         for h in handles:
@@ -153,7 +177,7 @@ def record(model: nn.Module, layers, *, detach: bool = True, clone: bool = False
     try:
         for name in names:
 
-            def hook(_m, _inp, out, name=name):
+            def hook(out, name=name):
                 if isinstance(out, torch.Tensor):
                     if detach:
                         out = out.detach()
@@ -161,7 +185,7 @@ def record(model: nn.Module, layers, *, detach: bool = True, clone: bool = False
                         out = out.clone()
                 rec[name] = out
 
-            handles.append(model.get_submodule(name).register_forward_hook(hook))
+            handles.append(attach(model, name, hook))
         yield rec
     finally:
         for h in handles:
@@ -173,11 +197,11 @@ def record(model: nn.Module, layers, *, detach: bool = True, clone: bool = False
 # Ablation
 # --------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def ablate(model: nn.Module, specs: Mapping[str, object]):
+def ablate(model: nn.Module, specs: Mapping[str, object], unit_dims: Mapping[str, int] | None = None):
     """Clamp units / project out directions of layers' outputs while inside the block.
 
     ``specs[layer]`` is a :class:`~.edits.ClampSpec`, a :class:`~.edits.ProjectSpec` or a list of unit indices (clamped
-    to zero).
+    to zero); ``unit_dims[layer]`` the layer's unit axis (default 1).
 
     Example::
 
@@ -185,7 +209,7 @@ def ablate(model: nn.Module, specs: Mapping[str, object]):
             logits = model(x)
     """
     edits = {name: as_edit(spec, name) for name, spec in specs.items()}
-    with edit_outputs(model, edits):
+    with edit_outputs(model, edits, unit_dims):
         yield model
 
 
@@ -203,8 +227,12 @@ class NoiseControl:
 
 
 @contextlib.contextmanager
-def noise(model: nn.Module, specs: Mapping[str, NoiseSpec], start: int = 0) -> Iterator[NoiseControl]:
+def noise(model: nn.Module, specs: Mapping[str, NoiseSpec], start: int = 0,
+          unit_dims: Mapping[str, int] | None = None) -> Iterator[NoiseControl]:
     """Add Gaussian noise to layers' outputs; the noise of example i does not depend on batching.
+
+    The noise is drawn in the canonical layout (N, units, *positions); ``unit_dims`` as in
+    :func:`edit_outputs`.
 
     Example::
 
@@ -226,7 +254,7 @@ def noise(model: nn.Module, specs: Mapping[str, NoiseSpec], start: int = 0) -> I
         return edit
 
     edits = {name: make(spec) for name, spec in specs.items()}
-    with edit_outputs(model, edits):
+    with edit_outputs(model, edits, unit_dims):
         root = model.register_forward_hook(lambda *_: setattr(ctl, "start", ctl.start + batch["n"]))
         try:
             yield ctl

@@ -12,6 +12,7 @@ import torch
 from singledir.reliance.common import check_budget, check_method, layer_plans, prepare
 from singledir.reliance.evaluators import make_evaluator, path_meta
 from singledir.reliance.hooks import model_guard
+from singledir.reliance.results import Table
 
 __all__ = ["IMPORTANCE_COLUMNS", "importance_table", "unit_importance"]
 
@@ -51,23 +52,26 @@ def unit_importance(
     model,
     data,
     layers,
-    clamp: str = "zero",
     *,
+    clamp: str = "zero",
     stats_data=None,
+    unit_dim=None,
+    output_fn=None,
     batch_size: int | None = None,
     memory_budget: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
     method: str = "auto",
-) -> pd.DataFrame:
+) -> Table:
     """Accuracy drop and loss increase on ``data`` when each unit of ``layers`` alone is ablated.
 
     ``clamp``: "zero" or "mean" (the unit's mean over ``stats_data``, default ``data``; a conv map is set
     to that constant everywhere). ``method``: "auto" (fast fx path, batched hooks if the model cannot
     be traced), "fast", "hooks" or "reference" (one full forward pass per unit) -- all give the same
-    numbers. Returns one row per unit: ``layer, unit, accuracy_drop, loss_increase, accuracy, loss,
-    base_accuracy, base_loss`` (loss = mean cross-entropy); ``df.attrs`` holds ``clamp``, ``n_examples``
-    and the path: ``method`` (taken), ``method_requested``, ``fallback_reason``. The model is handed back
-    unchanged.
+    numbers. ``unit_dim``, ``output_fn``: as in :func:`~.ablation.ablation_curves`. Returns a
+    :class:`~.results.Table` (a DataFrame), one row per unit: ``layer, unit, accuracy_drop,
+    loss_increase, accuracy, loss, base_accuracy, base_loss`` (loss = mean cross-entropy); ``.meta``
+    (= ``.attrs``) holds ``clamp``, ``n_examples``, ``unit_dims`` and the path: ``method`` (taken),
+    ``method_requested``, ``fallback_reason``. The model is handed back unchanged.
 
     Example::
 
@@ -77,9 +81,9 @@ def unit_importance(
     method = check_method(method)
     memory_budget = check_budget(memory_budget)
     with model_guard(model), torch.no_grad():
-        prepared = prepare(model, data, layers, batch_size)
+        prepared = prepare(model, data, layers, batch_size, unit_dim=unit_dim, output_fn=output_fn)
         plans = layer_plans(model, prepared, clamp, stats_data, batch_size)
-        ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress)
-        df = importance_table(ev, plans, prepared.n_examples)
-    df.attrs.update({"clamp": clamp, **path_meta(ev), "n_examples": prepared.n_examples})
+        ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress, output_fn)
+        df = Table(importance_table(ev, plans, prepared.n_examples))
+    df.attrs.update({"clamp": clamp, **path_meta(ev), "n_examples": prepared.n_examples, **prepared.meta()})
     return df

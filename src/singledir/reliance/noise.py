@@ -91,21 +91,25 @@ def noise_curves(
     model,
     data,
     layers,
+    *,
     scales=None,
     repeats: int = 5,
     stats_data=None,
     seed: int = 0,
-    *,
+    unit_dim=None,
+    output_fn=None,
     batch_size: int | None = None,
     memory_budget: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
     method: str = "auto",
 ) -> NoiseResult:
     """Accuracy and loss on ``data`` with noise ``s * sigma_j`` added to every unit of ``layers`` at once.
 
     ``scales``: positive s values (default :data:`DEFAULT_SCALES`, 10^-1.5 .. 10^1); ``repeats``
     independent noise draws; ``sigma_j`` from ``stats_data`` (default ``data``). ``method`` as in
-    :func:`~.ablation.ablation_curves` (all methods give the same numbers for the same seed). Returns a
+    :func:`~.ablation.ablation_curves` (all methods give the same numbers for the same seed); ``unit_dim`` and
+    ``output_fn`` too (noise is drawn at every position of a unit; its sigma pools the non-padding
+    positions). Returns a
     :class:`NoiseResult`; ``.auc()`` integrates accuracy over log10(s). The model is handed back unchanged.
 
     Example::
@@ -119,15 +123,15 @@ def noise_curves(
     repeats = check_repeats(repeats)
     seed = check_seed(seed)
     with model_guard(model), torch.no_grad():
-        prepared = prepare(model, data, layers, batch_size)
+        prepared = prepare(model, data, layers, batch_size, unit_dim=unit_dim, output_fn=output_fn)
         src = prepared.batches if stats_data is None else as_batches(stats_data, batch_size)
-        st = unit_stats(model, src, prepared.layers)
+        st = unit_stats(model, src, prepared.layers, unit_dims=prepared.unit_dims)
         plans = layer_plans(model, prepared, "zero")
         for p in plans:
             if st[p.name].std.shape[0] != p.units:
                 raise SingledirError(f"stats_data gives {st[p.name].std.shape[0]} units for layer {p.name!r}, data gives {p.units}")
         plan = NoisePlan([st[n].std for n in prepared.layers], scales, repeats, seed, list(prepared.layers))
-        ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress)
+        ev = make_evaluator(method, model, prepared.batches, plans, memory_budget, progress, output_fn)
         base_c, base_l = ev.base()
         correct, loss = ev.noise(plan)
     n = prepared.n_examples
@@ -147,5 +151,6 @@ def noise_curves(
         "base_accuracy": base_c / n,
         "base_loss": base_l / n,
         "sigma": {name: st[name].std.clone() for name in prepared.layers},
+        **prepared.meta(),
     }
     return NoiseResult(df, meta)

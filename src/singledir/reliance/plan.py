@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from singledir.errors import SingledirError
+from singledir.reliance.axes import from_canonical, to_canonical
 from singledir.reliance.edits import apply_projection, clamp_factors, clamp_with
 from singledir.reliance.inputs import check_finite
 
@@ -46,7 +47,7 @@ def projection_matrix(basis: torch.Tensor, idx: Sequence[int]) -> torch.Tensor:
 class LayerPlan:
     """One analysed layer: ``units`` (C), clamp ``values`` (C,) float32, optional random ``basis``.
 
-    ``basis`` (C, C) float64 has orthonormal columns (directions); then "unit" i means direction i,
+    ``basis`` (C, k) float64 has orthonormal (or zero) columns (directions); then "unit" i means direction i,
     ablating directions S maps ``h -> h - P_S (h - center)`` with ``center`` None (zero clamp) or the
     units' means (mean clamp).
     """
@@ -56,6 +57,13 @@ class LayerPlan:
     values: torch.Tensor
     basis: torch.Tensor | None = None
     center: torch.Tensor | None = None
+    #: the unit axis of the layer's output (:mod:`.axes`); edits see the canonical layout (N, C, *P)
+    unit_dim: int = 1
+
+    @property
+    def items(self) -> int:
+        """Ablatable items: units, or the columns of ``basis`` (directions)."""
+        return self.units if self.basis is None else int(self.basis.shape[1])
 
     def edit(self, ablated: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The activation edit that ablates units/directions ``ablated`` (None when nothing is ablated)."""
@@ -103,8 +111,9 @@ class EditWalker:
             self.values = plan.values.to(device)
             self.has_fill = False
         self.proj = None
-        #: ``w(h, out=t)`` writes into ``t`` (unit clamps); projections always return a new tensor.
-        self.supports_out = plan.basis is None
+        #: ``w(h, out=t)`` writes into ``t`` (unit clamps on axis 1); projections, and layers whose units
+        #: are on another axis, always return a new tensor.
+        self.supports_out = plan.basis is None and plan.unit_dim == 1
 
     def add(self, units) -> None:
         self.ablated.extend(units)
@@ -121,6 +130,12 @@ class EditWalker:
     def __call__(self, h, out=None):
         if not self.ablated:
             return h
+        d = self.plan.unit_dim
+        if d != 1:  # the raw layer output (the fx path): edit in the canonical layout (N, C, *P)
+            return from_canonical(self._edit(to_canonical(h, d), None), d)
+        return self._edit(h, out)
+
+    def _edit(self, h, out):
         if self.plan.basis is None:
             keep = self.keep if self.keep.dtype == h.dtype else self.keep.to(h.dtype)
             fill = None
@@ -162,13 +177,20 @@ class NoisePlan:
         return (self.seed, repeat, layer_index)
 
 
-def check_logits(out) -> torch.Tensor:
-    """Return ``out`` if it is (N, classes) float logits, else raise a one-line error."""
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or not out.is_floating_point():
+def check_logits(out, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Return ``out`` if it is float logits the labels can score, else raise a one-line error.
+
+    (N, classes) logits go with (N,) labels; (N, S, vocab) per-token logits with (N, S) labels.
+    """
+    ok = isinstance(out, torch.Tensor) and out.is_floating_point() and out.ndim in (2, 3)
+    if ok and labels is not None:
+        ok = out.ndim == labels.ndim + 1 and tuple(out.shape[: labels.ndim]) == tuple(labels.shape)
+    if not ok:
         what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"a tensor of shape {tuple(out.shape)}"
+        lab = "" if labels is None else f" for labels of shape {tuple(labels.shape)}"
         raise SingledirError(
-            f"the model returns {what}; the reliance engine needs (N, classes) logits -- wrap the model "
-            f"so that forward returns them"
+            f"the model's logits are {what}{lab}; the reliance engine needs (N, classes) logits with (N,) "
+            f"labels or (N, S, vocab) logits with (N, S) labels -- pass output_fn= or wrap the model"
         )
     return out
 
@@ -176,9 +198,16 @@ def check_logits(out) -> torch.Tensor:
 def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, float]:
     """(number of correct argmax predictions, summed cross-entropy) for ``logits``.
 
-    Per-example cross-entropy in the logits' dtype, summed in float64. Non-finite logits (NaN, +inf)
-    make the loss non-finite and raise.
+    (N, C) logits with (N,) labels, or (N, S, V) per-token logits with (N, S) labels; labels equal to -100
+    are not scored (token accuracy and summed loss over the scored tokens). Per-example cross-entropy in
+    the logits' dtype, summed in float64. Non-finite logits (NaN, +inf) make the loss non-finite and raise.
     """
+    if logits.ndim == 3:
+        logits = logits.reshape(-1, logits.shape[-1])
+        y = y.reshape(-1)
+    if bool((y == -100).any()):
+        keep = y != -100
+        logits, y = logits[keep], y[keep]
     correct = int((logits.argmax(1) == y).sum())
     loss = float(F.cross_entropy(logits, y, reduction="none").double().sum())
     if not math.isfinite(loss):

@@ -32,20 +32,26 @@ class ReferenceEvaluator:
 
     name = "reference"
 
-    def __init__(self, model, batches, plans, progress: bool = False):
+    def __init__(self, model, batches, plans, progress: bool = False, output_fn=None):
         self.model = model
         self.batches = batches
         self.plans = plans
         self.progress = progress
-        self.feed = ModelInput(model)
+        self.feed = ModelInput(model, output_fn)
         self.device = self.feed.device
+        #: each layer's unit axis: the edits see the canonical layout (N, units, *positions)
+        self.unit_dims = {p.name: p.unit_dim for p in plans}
+
+    def logits(self, x, y):
+        """The checked logits of the model on the inputs ``x`` (fed here) for the labels ``y``."""
+        return check_logits(self.feed.logits(self.model, self.feed(x)), y)
 
     def _run(self, edits: dict) -> tuple[int, float]:
         correct, loss = 0, 0.0
-        with edit_outputs(self.model, edits):
+        with edit_outputs(self.model, edits, self.unit_dims):
             for x, y in self.batches:
                 y = y.to(self.device)
-                c, lo = score(check_logits(self.model(self.feed(x))), y)
+                c, lo = score(self.logits(x, y), y)
                 correct += c
                 loss += lo
         return correct, loss
@@ -95,9 +101,10 @@ class ReferenceEvaluator:
                         for i, name in enumerate(plan.names)
                     }
                     c_sum, l_sum = 0, 0.0
-                    with noise(self.model, specs):
+                    with noise(self.model, specs, unit_dims=self.unit_dims):
                         for x, y in self.batches:
-                            c, lo = score(check_logits(self.model(self.feed(x))), y.to(self.device))
+                            y = y.to(self.device)
+                            c, lo = score(self.logits(x, y), y)
                             c_sum += c
                             l_sum += lo
                     correct[r, s], loss[r, s] = c_sum, l_sum

@@ -3,7 +3,9 @@
 Definitions (Morcos et al. 2018):
 
 - A unit's *activity* on one example is its post-ReLU activation; a conv feature map (``(N, C, H, W)``
-  output, unit = channel) is first **averaged over space**, giving one number per example and unit.
+  output, unit = channel) is first **averaged over space**, giving one number per example and unit; a
+  sequence layer's unit (``unit_dim``) is averaged over its non-padding tokens, or, with per-token
+  labels, each scored token is an example.
 - **Class selectivity index** = ``(mu_max - mu_rest) / (mu_max + mu_rest + eps)``, where ``mu_c`` is the
   mean activity over the examples of class ``c``, ``mu_max = max_c mu_c`` (its class is
   ``preferred_class``) and ``mu_rest`` the mean of the other classes' ``mu_c``. Only classes present in
@@ -40,7 +42,10 @@ import pandas as pd
 import torch
 
 from singledir.errors import SingledirError
-from singledir.reliance.inputs import as_batches, num_examples, validate_layers
+from singledir.reliance.common import probe_layers
+from singledir.reliance.hooks import model_guard
+from singledir.reliance.inputs import IGNORE_INDEX, as_batches, num_examples, validate_layers
+from singledir.reliance.results import Table
 from singledir.reliance.units import layer_outputs, space_mean
 
 __all__ = [
@@ -65,14 +70,16 @@ def class_selectivity(
     model: torch.nn.Module,
     data,
     layers,
+    *,
     bins: int = DEFAULT_BINS,
     batch_size: int | None = None,
-    *,
     num_classes: int | None = None,
     miller_madow: bool = False,
     eps: float = EPS,
+    unit_dim=None,
+    output_fn=None,
     progress: bool = False,
-) -> pd.DataFrame:
+) -> Table:
     """Class selectivity index and mutual information of every unit of ``layers`` on ``data``.
 
     ``data``: ``(inputs, labels)`` tensors or an iterable of ``(x, y)`` batches (the paper uses the
@@ -81,6 +88,13 @@ def class_selectivity(
     estimator (default 16; zeros get a bin of their own); ``miller_madow``: apply the Miller-Madow
     bias correction to the MI; ``eps``: the selectivity denominator's guard (default 1e-7);
     ``num_classes`` defaults to ``max(label) + 1``. See the module docstring for the exact definitions.
+
+    Sequence models: ``unit_dim`` as in :func:`~.ablation.ablation_curves` (the other non-batch axes are
+    positions). With (N,) labels a unit's activity on an example is its mean over the positions (the
+    non-padding ones when the inputs hold an ``attention_mask``); with (N, S) per-token labels every
+    scored token (label != -100) is one example, its activity the unit's value at that token (the
+    layer's positions must then be the labels' (S,)). ``output_fn`` is accepted for a uniform call (the
+    logits are not used here).
 
     Returns one row per unit: ``layer, unit, selectivity, mutual_info`` (bits), ``preferred_class``
     (-1 for dead units), ``mean_activity`` (over all examples, after spatial averaging) and ``dead``
@@ -97,17 +111,36 @@ def class_selectivity(
     names = validate_layers(model, layers)
     batches = as_batches(data, batch_size)
     n_total = num_examples(batches)
+    with model_guard(model), torch.no_grad():
+        _first, dims = probe_layers(model, batches, names, unit_dim, raw=True)
     acts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     alive: dict[str, torch.Tensor] = {}
     labels = []
-    for out in layer_outputs(model, batches, names, progress=progress, desc="selectivity"):
-        labels.append(out.y.cpu())
+    for out in layer_outputs(model, batches, names, unit_dims=dims, raw=True, progress=progress,
+                             desc="selectivity"):
+        y = out.y
+        scored = y != IGNORE_INDEX
+        labels.append(y[scored].cpu())
         for n, h in out.outputs.items():
             h = h.detach()
-            nz = (h != 0).flatten(2).any(2) if h.ndim > 2 else h != 0
-            nz = nz.any(0).cpu()
+            if y.ndim == 2:  # per-token labels: every scored token is an example
+                if tuple(h.shape[2:]) != tuple(y.shape[1:]):
+                    raise SingledirError(
+                        f"layer {n!r} has positions {tuple(h.shape[2:])} but the per-token labels have shape "
+                        f"{tuple(y.shape)}; per-token selectivity needs one label per position"
+                    )
+                a = h.movedim(1, -1)[scored]  # (T, C)
+                nz = (a != 0).any(0).cpu()
+            else:
+                mask = out.masks[n]
+                nzv = h != 0
+                if mask is not None:
+                    nzv = nzv & mask[:, None]
+                nz = nzv.flatten(2).any(2) if h.ndim > 2 else nzv
+                nz = nz[scored].any(0).cpu()
+                a = space_mean(h, mask)[scored]
             alive[n] = nz if n not in alive else alive[n] | nz
-            acts[n].append(space_mean(h).float().cpu())
+            acts[n].append(a.float().cpu())
     y_all = torch.cat(labels)
     frames = []
     for n in names:
@@ -118,10 +151,11 @@ def class_selectivity(
         df.insert(0, "layer", n)
         frames.append(df)
         acts[n] = []  # free memory early
-    out = pd.concat(frames, ignore_index=True)
+    out = Table(pd.concat(frames, ignore_index=True)[COLUMNS])
     out.attrs.update({"bins": bins, "miller_madow": bool(miller_madow), "eps": float(eps), "examples": n_total,
-                      "method": "reference"})
-    return out[COLUMNS]
+                      "n_examples": int(y_all.shape[0]), "method": "reference", "unit_dims": dims,
+                      "token_level": bool(batches[0][1].ndim == 2)})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- core

@@ -56,6 +56,10 @@ __all__ = [
     "digits",
     "hook_count",
     "near_tie_bound",
+    "PlainLevel",
+    "assert_matches_plain",
+    "plain_hook_curve",
+    "zero_last_axis",
     "randomize_batchnorm",
     "snapshot",
     "train_quick",
@@ -408,3 +412,74 @@ def compare_importance(model, data, result, reference, *, stats_data=None, batch
                    *counts)
         del model64
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# A plain per-level hook loop (TransformerLens-style): the reference for sequence models
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class PlainLevel:
+    """One level of :func:`plain_hook_curve`: token (or example) accuracy, mean cross-entropy over the
+    scored labels, their count, and the near-ties among them (top-2 margin <= :func:`near_tie_bound`)."""
+
+    accuracy: float
+    loss: float
+    n: int
+    near_ties: int
+
+
+@torch.no_grad()
+def plain_hook_curve(model, call, labels, layer: str, levels, edit_fn) -> list[PlainLevel]:
+    """For each level k: one forward hook on ``layer`` replacing its output by ``edit_fn(out, k)``, one
+    plain call ``call(model)`` returning the logits (or an output with ``.logits``), scored against
+    ``labels`` (-100 not scored) with ``torch.nn.functional.cross_entropy`` -- no engine code involved.
+
+    A ``layer`` ending in ``":input"`` edits the module's first positional input instead.
+    ``edit_fn(out, k)`` sees the layer's raw output (e.g. zero ``out[..., seq[:k]]``); ``k=None`` is not
+    used. The model should be in eval mode; hooks are removed after every level.
+    """
+    import torch.nn.functional as F
+
+    is_input = layer.endswith(":input")  # the module's first positional input, by a plain pre-hook
+    module = model.get_submodule(layer[: -len(":input")] if is_input else layer)
+    out = []
+    for k in levels:
+        if is_input:
+            handle = module.register_forward_pre_hook(lambda _m, a, k=k: (edit_fn(a[0], k), *a[1:]))
+        else:
+            handle = module.register_forward_hook(lambda _m, _i, o, k=k: edit_fn(o, k))
+        try:
+            res = call(model)
+        finally:
+            handle.remove()
+        logits = res if isinstance(res, torch.Tensor) else (res.logits if hasattr(res, "logits") else res[0])
+        lg = logits.reshape(-1, logits.shape[-1])
+        y = labels.reshape(-1)
+        keep = y != -100
+        lg, y = lg[keep], y[keep]
+        acc = float((lg.argmax(1) == y).double().mean())
+        loss = float(F.cross_entropy(lg.double(), y))
+        ties = int((_margin(lg) <= near_tie_bound(lg)).sum())
+        out.append(PlainLevel(acc, loss, int(y.numel()), ties))
+    return out
+
+
+def assert_matches_plain(accuracy, loss, plain: list[PlainLevel], loss_atol: float = 1e-5) -> None:
+    """Assert the engine's per-level ``accuracy`` and ``loss`` equal :func:`plain_hook_curve`'s under the
+    near-tie rule: losses within ``loss_atol``; predictions that differ at most the near-ties."""
+    assert len(accuracy) == len(plain)
+    for i, p in enumerate(plain):
+        assert abs(float(loss[i]) - p.loss) <= loss_atol, f"level {i}: loss {loss[i]} vs plain {p.loss}"
+        differ = round(abs(float(accuracy[i]) - p.accuracy) * p.n)
+        assert differ <= p.near_ties, f"level {i}: {differ} predictions differ, {p.near_ties} near-ties"
+
+
+def zero_last_axis(seq):
+    """An ``edit_fn`` for :func:`plain_hook_curve`: level k zeroes units ``seq[:k]`` of the last axis."""
+
+    def edit(o, k):
+        o = o.clone()
+        o[..., list(seq[:k])] = 0
+        return o
+
+    return edit

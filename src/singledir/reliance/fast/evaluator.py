@@ -21,6 +21,9 @@ in :mod:`.layout`; scoring in :mod:`.scoring`.
 only on (seed, repeat, layer, example index), as in the reference. *Threads* (:mod:`.threads`): the walks
 run at their own intra-op thread count, the caller's restored afterwards.
 
+*Units on the last axis* (transformer MLP neurons): edits in the canonical layout, rank-1 updates of a
+Linear read-out at every position (:mod:`.walk`); their single-unit and noise passes use the batched hooks.
+
 *Importance* (single-unit ablations) stays row-major, where row-sparse steps are faster (measured on the
 MLP's 128 hidden.0 units, 10k images: 0.56 s row-major vs 0.98 s column-major dense); there a narrow
 readout (<= ``_NARROW_OUT`` outputs) still runs as ``W h^T``.
@@ -126,9 +129,16 @@ class FastEvaluator:
         self.colmajor = False
         self._probe()
         self.chains = {}
+        #: layers whose units are not on axis 1 (transformer MLP neurons): see the module docstring
+        self.other_axis = {p.name for p in plans if p.unit_dim != 1}
         for m in self.split.markers:
             ch = find_linear_chain(m, self.traced)
-            if ch is not None and self._chain_ok(ch):
+            if ch is None:
+                continue
+            if self.split.marker_layer[m] in self.other_axis:
+                if self._last_axis_chain_ok(ch):
+                    self.chains[m] = ch
+            elif self._chain_ok(ch):
                 self.chains[m] = ch
         self.chain_consumers = {ch.consumer: ch for ch in self.chains.values()}
         # Fusions of column-major walks (:mod:`.layout`):
@@ -141,6 +151,8 @@ class FastEvaluator:
                 self.relu_of_consumer[c] = users[0]
         self.folded_markers = {}
         for m in self.split.markers:
+            if self.split.marker_layer[m] in self.other_axis:
+                continue
             users = list(m.users)
             if len(users) == 1 and users[0] in self.linear_nodes and users[0].args[0] is m:
                 self.folded_markers[m] = users[0]
@@ -290,6 +302,17 @@ class FastEvaluator:
         n_cache = max(_MIN_CHUNK, int(_CACHE_TARGET // max(1.0, self.rest_bytes)))
         self.chunk = min(n_budget, n_cache)
 
+    def _last_axis_chain_ok(self, ch) -> bool:
+        """A marker with units on its last axis read directly by a Linear over that axis (the down-projection
+        of a transformer MLP): updated per unit by ``h[..., u] (x) W[:, u]`` at every position."""
+        shape = self.shapes.get(ch.marker)
+        plan = self.plans[self.layer_index[self.split.marker_layer[ch.marker]]]
+        if (shape is None or len(shape) < 3 or plan.unit_dim != len(shape) - 1 or ch.kind != "linear" or ch.ops
+                or self.colmajor or ch.module.in_features != shape[-1]):
+            return False
+        ch.r, ch.units, ch.last_axis = 1, shape[-1], True
+        return True
+
     def _chain_ok(self, ch) -> bool:
         c = self.shapes[ch.marker][1]
         inp = ch.ops[-1] if ch.ops else ch.marker
@@ -428,8 +451,16 @@ class FastEvaluator:
                 res[0][i] += c
                 res[1][i] += lo
 
+    def _hooks(self):
+        """The batched-hook evaluator of the same model, data and plans (for units not on axis 1)."""
+        from singledir.reliance.batched import HookEvaluator
+
+        return HookEvaluator(self.model, self.batches, self.plans, self.budget, self.progress)
+
     def singles(self, plans, units, watch=None):
         """``watch``: optional set of indices into ``units`` whose logits are kept in ``self.watched``."""
+        if self.other_axis and watch is None:
+            return self._hooks().singles(plans, units)
         correct = np.zeros(len(units), dtype=np.int64)
         loss = np.zeros(len(units))
         self.watched = {key: [] for key in (watch or ())}
@@ -460,5 +491,7 @@ class FastEvaluator:
 
     def noise(self, plan, watch=None):
         """Noise curves (:mod:`.noise`); ``watch``: ``(repeat, scale index)`` pairs kept in ``self.watched``."""
+        if self.other_axis and watch is None:
+            return self._hooks().noise(plan)
         with torch_threads(self.threads):
             return noise_counts(self, plan, watch)

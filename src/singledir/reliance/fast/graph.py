@@ -333,6 +333,9 @@ class LinearChain:
     kind: str  # "linear" | "conv"
     module: nn.Module
     flattened: bool
+    #: units on the last axis of an (N, *positions, C) marker read directly by a Linear (a transformer's
+    #: MLP neurons and its down-projection): the rank-1 update is per position
+    last_axis: bool = False
 
 
 def _count_uses(user: fx.Node, node: fx.Node) -> int:

@@ -137,5 +137,13 @@ def linear_colmajor(h, weight, bias, out=None):
 
 
 def nbytes(v) -> int:
-    return v.numel() * v.element_size() if isinstance(v, torch.Tensor) else 0
+    """Bytes of the tensors in ``v``: a tensor, or a tuple / list / dict / output object (a Hugging Face
+    ``ModelOutput`` is a dict) holding tensors, counted recursively; anything else is 0."""
+    if isinstance(v, torch.Tensor):
+        return v.numel() * v.element_size()
+    if isinstance(v, dict):
+        return sum(nbytes(t) for t in v.values())
+    if isinstance(v, (tuple, list)):
+        return sum(nbytes(t) for t in v)
+    return 0
 

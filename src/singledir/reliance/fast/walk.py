@@ -115,7 +115,13 @@ class ChainUpdates:
         return hit[0]
 
     def coord(self, h, plan, u):
-        """(value - clamp) of unit/direction ``u`` of ``h``, shape (n, 1, ...), before the chain ops."""
+        """(value - clamp) of unit/direction ``u`` of ``h``, shape (n, 1, ...), before the chain ops; for
+        units on the last axis (``plan.unit_dim``) shape (n, *positions, 1)."""
+        if plan.unit_dim == h.ndim - 1 and h.ndim > 2:
+            if plan.basis is None:
+                return plan.values[u].to(h.dtype) - h[..., u : u + 1]
+            q = plan.basis[:, u].to(dtype=h.dtype, device=h.device)
+            return plan.direction_value(u) - (h @ q).unsqueeze(-1)
         if plan.basis is None:
             return plan.values[u].to(h.dtype) - h[:, u : u + 1]
         q = plan.basis[:, u].to(dtype=h.dtype, device=h.device)
@@ -135,6 +141,8 @@ class ChainUpdates:
 
     def delta(self, ch, w, u, d):
         """The consumer-output change (float64 for Linear) caused by chain input ``d`` of unit ``u``."""
+        if ch.last_axis:  # (n, *P, 1) x (out,) -> (n, *P, out)
+            return d.to(torch.float64) * w[u, 0]
         if ch.kind == "linear":
             dd = d.reshape(d.shape[0], -1).to(torch.float64)
             return torch.outer(dd[:, 0], w[u, 0]) if ch.r == 1 else dd @ w[u]
@@ -145,7 +153,16 @@ class ChainUpdates:
     def add_dense(self, acc, ch, w, ds, inplace: bool):
         """``acc`` plus the deltas of ``ds`` over all rows (in place if ``inplace``)."""
         for u, d in ds:
-            if ch.kind == "linear" and ch.r == 1:
+            if ch.last_axis:  # rank-1 update of every position: acc (n, *P, out) viewed as (n * P, out)
+                if not acc.is_contiguous():
+                    acc, inplace = acc.contiguous(), True
+                v = d.reshape(-1).to(torch.float64)
+                flat = acc.view(-1, acc.shape[-1])
+                if inplace:
+                    flat.addr_(v, w[u, 0])
+                else:
+                    acc = torch.addr(flat, v, w[u, 0]).view(acc.shape)
+            elif ch.kind == "linear" and ch.r == 1:
                 v = d.reshape(-1).to(torch.float64)
                 acc = acc.addr_(v, w[u, 0]) if inplace else torch.addr(acc, v, w[u, 0])
             else:
@@ -252,7 +269,7 @@ class LevelWalk:
             c = ch.consumer
             ds = inputs.get(m) or up.chain_inputs(ch, env, plans[li], units)
             w = up.weight(ch, plans[li])
-            anchored = ev.colmajor and ch.kind == "linear" and ch.r == 1
+            anchored = ev.colmajor and ch.kind == "linear" and ch.r == 1 and not ch.last_axis
             if anchored:
                 acc = self.accs.get(c)
                 if acc is None:
