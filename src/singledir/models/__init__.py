@@ -125,7 +125,7 @@ def unit_layers(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def unit_counts(model: nn.Module, input_shape=None) -> dict[str, int]:
-    """Number of units (dim 1 of the output) of each unit layer, from one forward pass on zeros.
+    """Number of units (along each layer's unit axis, see :mod:`singledir.reliance.axes`) of each unit layer, from one forward pass on zeros.
 
     ``input_shape`` defaults to ``model.config["input_shape"]``. Counted by
     :func:`singledir.reliance.units.layer_units`, which hands the model back exactly as it came.
