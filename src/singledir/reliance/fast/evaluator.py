@@ -18,8 +18,8 @@ in :mod:`.layout`; scoring in :mod:`.scoring`.
 (``_CACHE_TARGET``) and everything held stays within ``memory_budget``.
 
 *Noise* (:mod:`.noise`) uses the same cached prefix, layout, buffers and batched scoring; its draws depend
-only on (seed, repeat, layer, example index), as in the reference. *Threads* (:mod:`.threads`): the walks
-run at their own intra-op thread count, the caller's restored afterwards.
+only on (seed, repeat, layer, example index, unit), as in the reference. *Threads* (:mod:`.pool`): chunks
+are walked by as many threads as the caller gives torch; the thread count is never changed.
 
 *Importance* (single-unit ablations) stays row-major, where row-sparse steps are faster (measured on the
 MLP's 128 hidden.0 units, 10k images: 0.56 s row-major vs 0.98 s column-major dense); there a narrow
@@ -34,6 +34,7 @@ read earlier, and a traced graph that reproduces the model's output on a probe b
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ from singledir.reliance.fast.layout import (
 )
 from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, example_scores, score_logits
 from singledir.reliance.fast.noise import noise_counts
-from singledir.reliance.fast.threads import torch_threads, walk_threads
+from singledir.reliance.fast.pool import chunk_workers, map_chunks
 from singledir.reliance.fast.walk import ChainUpdates, LevelWalk, SingleAblation
 from singledir.reliance.inputs import ModelInput, check_finite
 from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET, check_logits
@@ -111,6 +112,8 @@ class FastEvaluator:
         self.budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
         self.feed = ModelInput(model)
         self.device = self.feed.device
+        #: chunks walked at once (:mod:`.pool`): the caller's torch threads on the CPU, 1 on a GPU
+        self.workers = chunk_workers(self.device)
         self.names = [p.name for p in plans]
         self.layer_index = {n: i for i, n in enumerate(self.names)}
         self.traced = trace_with_markers(model, self.names)
@@ -145,10 +148,9 @@ class FastEvaluator:
             if len(users) == 1 and users[0] in self.linear_nodes and users[0].args[0] is m:
                 self.folded_markers[m] = users[0]
         self.updates = ChainUpdates(self)
-        #: intra-op threads of the walks (None: the caller's; :mod:`.threads` says why and when 1)
-        self.threads = walk_threads(self.split)
         self._prefix_cache: dict = {}
         self._prefix_bytes = 0
+        self._prefix_lock = threading.Lock()
 
     # ---------------------------------------------------------------- set-up
 
@@ -286,9 +288,17 @@ class FastEvaluator:
         peak = max((nbytes(v) for v in env.values()), default=0) / n
         per_example = self.bytes_per_example = cache + 3 * rest + 2 * acc + 2 * peak + 1
         self.rest_bytes = rest + acc
-        n_budget = max(1, int(self.budget // per_example))
+        n_budget = max(1, int(self.budget // (per_example * self.workers)))
         n_cache = max(_MIN_CHUNK, int(_CACHE_TARGET // max(1.0, self.rest_bytes)))
-        self.chunk = min(n_budget, n_cache)
+        self.chunk = self._balanced(min(n_budget, n_cache))
+
+    def _balanced(self, chunk: int) -> int:
+        """``chunk`` lowered so that the chunks are of about equal size and their number is a multiple of
+        the workers (two workers and three chunks would leave one worker idle a third of the time)."""
+        total = sum(int(b[1].shape[0]) for b in self.batches)
+        count = max(1, math.ceil(total / chunk))
+        count = self.workers * math.ceil(count / self.workers) if total >= self.workers else count
+        return max(1, math.ceil(total / count))
 
     def _chain_ok(self, ch) -> bool:
         c = self.shapes[ch.marker][1]
@@ -349,9 +359,10 @@ class FastEvaluator:
             return dict(hit[1])
         cache = self.split.run_prefix(self.feed(x))
         size = sum(nbytes(v) for v in cache.values())
-        if self._prefix_bytes + size <= self.budget // 4:
-            self._prefix_cache[start] = (x.shape[0], cache)
-            self._prefix_bytes += size
+        with self._prefix_lock:  # chunks run in worker threads (:mod:`.pool`)
+            if self._prefix_bytes + size <= self.budget // 4:
+                self._prefix_cache[start] = (x.shape[0], cache)
+                self._prefix_bytes += size
         return dict(cache)
 
     def base_env(self, start, x, colmajor: bool | None = None):
@@ -366,24 +377,29 @@ class FastEvaluator:
         return env
 
     # ---------------------------------------------------------------- evaluator interface
+    def map_chunks(self, fn) -> list:
+        """``fn(start, x, y)`` for every example chunk, ``self.workers`` chunks at once (:mod:`.pool`)."""
+        return map_chunks(lambda c: fn(*c), self.chunks(), self.workers)
+
     def base(self):
-        correct, loss = 0, 0.0
-        for start, x, y in self.chunks():
+        def one(start, x, y):
             env = self.base_env(start, x)
-            c, lo = score_logits(env[self.out_node], y.to(self.device))
-            correct += c
-            loss += lo
-        return correct, loss
+            return score_logits(env[self.out_node], y.to(self.device))
+
+        parts = self.map_chunks(one)
+        return sum(c for c, _ in parts), sum(lo for _, lo in parts)
 
     def cumulative(self, curves, watch=None):
         """``watch``: optional set of ``(curve index, level index)``; the logits of those levels are kept,
-        concatenated over chunks, in ``self.watched`` (for :mod:`singledir.reliance.testing`). The prefix
-        runs at the caller's thread count, the walks at ``self.threads`` (:mod:`.threads`)."""
-        res = [(np.zeros(len(c.levels), dtype=np.int64), np.zeros(len(c.levels))) for c in curves]
-        self.watched = {key: [] for key in (watch or ())}
+        concatenated over chunks, in ``self.watched`` (for :mod:`singledir.reliance.testing`). Chunks are
+        walked ``self.workers`` at a time (:mod:`.pool`)."""
+        watch = set(watch or ())
         total = self.nchunks() * sum(len(c.levels) for c in curves)
         with tqdm(total=total, desc="ablation", disable=not self.progress, leave=False) as bar:
-            for start, x, y in self.chunks():
+
+            def one(start, x, y):
+                res = [(np.zeros(len(c.levels), dtype=np.int64), np.zeros(len(c.levels))) for c in curves]
+                watched = {key: [] for key in watch}
                 y = y.to(self.device)
                 base_env = self.base_env(start, x)
                 base_scores = example_scores(base_env[self.out_node], y)
@@ -393,18 +409,26 @@ class FastEvaluator:
                     out = base_env[self.out_node]
                     size = max(1, min(32, SCORE_RING // max(1, out.numel() * out.element_size())))
                     queue = ScoreQueue(y, out.shape[1], out.dtype, size)
-                with torch_threads(self.threads):
-                    for ci, curve in enumerate(curves):
-                        self._walk(ci, curve, LevelWalk(self, base_env, curve.plans, bufs), base_scores, y, queue,
-                                   res[ci])
-                        bar.update(len(curve.levels))
-        self.watched = {key: torch.cat(v) for key, v in self.watched.items()}
+                for ci, curve in enumerate(curves):
+                    walk = LevelWalk(self, base_env, curve.plans, bufs)
+                    self._walk(ci, curve, walk, base_scores, y, queue, res[ci], watched)
+                    bar.update(len(curve.levels))
+                return res, watched
+
+            parts = self.map_chunks(one)
+        res = [(np.zeros(len(c.levels), dtype=np.int64), np.zeros(len(c.levels))) for c in curves]
+        for part, _w in parts:  # summed in chunk order: the same totals for any number of workers
+            for (c, lo), (pc, plo) in zip(res, part):
+                c += pc
+                lo += plo
+        self.watched = {key: torch.cat([t for _p, w in parts for t in w[key]]) for key in watch}
         return res
 
-    def _walk(self, ci, curve, walk, base_scores, y, queue, res) -> None:
+    def _walk(self, ci, curve, walk, base_scores, y, queue, res, watched) -> None:
         """Walk one curve's levels on one chunk, adding each level's (correct, loss) to ``res``."""
         cv, lv = base_scores[0].clone(), base_scores[1].clone()
         k = 0
+        pending = []  # per-level (correct, loss) tensors of row-major walks, read once at the end
         for i, level in enumerate(curve.levels):
             if level > k:
                 r = walk.advance(curve.units_between(k, level))
@@ -416,13 +440,16 @@ class FastEvaluator:
                         cv.index_copy_(0, r[0], c_r)
                         lv.index_copy_(0, r[0], l_r)
                 k = level
-            if (ci, i) in self.watched:
-                self.watched[(ci, i)].append(walk.env[self.out_node].clone())
+            if (ci, i) in watched:
+                watched[(ci, i)].append(walk.env[self.out_node].clone())
             if queue is not None:
                 queue.push(walk.env[self.out_node], i)
             else:
-                res[0][i] += int(cv.sum())
-                res[1][i] += float(lv.sum())
+                pending.append(torch.stack([cv.sum(dtype=torch.float64), lv.sum()]))
+        if pending:  # one host read for the whole walk, not one per level
+            for i, (c, lo) in enumerate(torch.stack(pending).tolist()):
+                res[0][i] += int(c)
+                res[1][i] += lo
         if queue is not None:
             for i, c, lo in queue.flush():
                 res[0][i] += c
@@ -430,35 +457,43 @@ class FastEvaluator:
 
     def singles(self, plans, units, watch=None):
         """``watch``: optional set of indices into ``units`` whose logits are kept in ``self.watched``."""
-        correct = np.zeros(len(units), dtype=np.int64)
-        loss = np.zeros(len(units))
-        self.watched = {key: [] for key in (watch or ())}
+        watch = set(watch or ())
         with tqdm(total=self.nchunks() * len(units), desc="importance", disable=not self.progress, leave=False) as bar:
-            for start, x, y in self.chunks():
+
+            def one(start, x, y):
+                watched = {key: [] for key in watch}
                 y = y.to(self.device)
                 base_env = self.base_env(start, x, colmajor=False)  # row-major (this module's docstring)
                 base_cv, base_lv = example_scores(base_env[self.out_node], y)
-                base_c, base_l = int(base_cv.sum()), float(base_lv.sum())
+                base = torch.stack([base_cv.sum(dtype=torch.float64), base_lv.sum()])
                 single = SingleAblation(self, base_env, plans)
-                with torch_threads(self.threads):
-                    for i, (li, u) in enumerate(units):
-                        rows, out = single.run(li, u)
-                        if rows is None:
-                            c, lo = score_logits(out, y)
-                        else:
-                            c_r, l_r = example_scores(out, y.index_select(0, rows))
-                            c = base_c - int(base_cv.index_select(0, rows).sum()) + int(c_r.sum())
-                            lo = base_l - float(base_lv.index_select(0, rows).sum()) + float(l_r.sum())
-                        correct[i] += c
-                        loss[i] += lo
-                        if i in self.watched:
-                            full = out.clone() if rows is None else base_env[self.out_node].clone().index_copy_(0, rows, out)
-                            self.watched[i].append(full)
-                        bar.update(1)
-        self.watched = {key: torch.cat(v) for key, v in self.watched.items()}
+                totals = []  # per unit (correct, loss) as a device tensor: one host read per chunk
+                for i, (li, u) in enumerate(units):
+                    rows, out = single.run(li, u)
+                    if rows is None:
+                        cv, lv = example_scores(out, y)
+                        t = torch.stack([cv.sum(dtype=torch.float64), lv.sum()])
+                    else:
+                        c_r, l_r = example_scores(out, y.index_select(0, rows))
+                        t = base + torch.stack([
+                            c_r.sum(dtype=torch.float64) - base_cv.index_select(0, rows).sum(dtype=torch.float64),
+                            l_r.sum() - base_lv.index_select(0, rows).sum()])
+                    totals.append(t)
+                    if i in watched:
+                        full = out.clone() if rows is None else base_env[self.out_node].clone().index_copy_(0, rows, out)
+                        watched[i].append(full)
+                    bar.update(1)
+                return torch.stack(totals).cpu().numpy(), watched
+
+            parts = self.map_chunks(one)
+        correct = np.zeros(len(units), dtype=np.int64)
+        loss = np.zeros(len(units))
+        for t, _w in parts:
+            correct += np.rint(t[:, 0]).astype(np.int64)
+            loss += t[:, 1]
+        self.watched = {key: torch.cat([t for _t, w in parts for t in w[key]]) for key in watch}
         return correct, loss
 
     def noise(self, plan, watch=None):
         """Noise curves (:mod:`.noise`); ``watch``: ``(repeat, scale index)`` pairs kept in ``self.watched``."""
-        with torch_threads(self.threads):
-            return noise_counts(self, plan, watch)
+        return noise_counts(self, plan, watch)
