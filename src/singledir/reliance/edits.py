@@ -79,14 +79,18 @@ class ClampSpec:
 
 
 def clamp_factors(mask: torch.Tensor, values, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(keep, fill)`` for :func:`apply_clamp`: keep = 1 - mask, fill = values where masked (None if 0)."""
+    """``(keep, fill)`` for :func:`apply_clamp`: keep = 1 - mask, fill = values where masked (None if every
+    clamp value is 0). Both are made on ``mask``'s device (``values`` may be on the CPU: they are moved);
+    no value of a device tensor is read by the host."""
     keep = (~mask).to(dtype)
     if not isinstance(values, torch.Tensor):
         if float(values) == 0.0:
             return keep, None
-        values = torch.full(mask.shape[-1:], float(values))
-    fill = torch.where(mask, values.to(dtype), torch.zeros((), dtype=dtype))
-    return keep, (None if not bool(fill.any()) else fill)
+        values = torch.full(mask.shape[-1:], float(values), dtype=dtype, device=mask.device)
+    elif values.device.type == "cpu" and not bool(values.ne(0).any()):  # a host read of host values: free
+        return keep, None
+    fill = torch.where(mask, values.to(device=mask.device, dtype=dtype), torch.zeros((), dtype=dtype, device=mask.device))
+    return keep, fill
 
 
 def apply_clamp(h: torch.Tensor, mask: torch.Tensor, values: torch.Tensor | float = 0.0) -> torch.Tensor:

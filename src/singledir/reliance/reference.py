@@ -4,7 +4,7 @@ Offers :class:`ReferenceEvaluator` (``method="reference"``). It is deliberately 
 ablation level, every single-unit ablation and every noise scale it installs the edits of
 :mod:`.plan` as forward hooks and runs the whole model over the data batches -- so that it is obviously
 right; the fast paths (:mod:`.fast`, :mod:`.batched`) are tested against it. Inputs go to the model's
-device through :class:`~.inputs.ModelInput`.
+device through :class:`~.inputs.ModelInput`, once (kept there when they fit ``DEFAULT_MEMORY_BUDGET``).
 
 All evaluators share this interface (counts are summed over the data, losses are summed cross-entropy):
 
@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from singledir.reliance.edits import NoiseSpec
 from singledir.reliance.hooks import edit_outputs, noise
 from singledir.reliance.inputs import ModelInput
-from singledir.reliance.plan import check_logits, score
+from singledir.reliance.fast.layout import nbytes
+from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET, check_logits, score
 
 __all__ = ["ReferenceEvaluator"]
 
@@ -39,13 +40,25 @@ class ReferenceEvaluator:
         self.progress = progress
         self.feed = ModelInput(model)
         self.device = self.feed.device
+        self._on_device = None
+
+    def device_batches(self) -> list:
+        """The batches on the model's device (and dtype), sent once and kept when they fit
+        ``DEFAULT_MEMORY_BUDGET``; else sent per use (a generator)."""
+        if self._on_device is not None:
+            return self._on_device
+        size = sum(nbytes(x) + nbytes(y) for x, y in self.batches)
+        moved = ((self.feed(x), y.to(self.device)) for x, y in self.batches)
+        if size <= DEFAULT_MEMORY_BUDGET:
+            self._on_device = list(moved)
+            return self._on_device
+        return moved
 
     def _run(self, edits: dict) -> tuple[int, float]:
         correct, loss = 0, 0.0
         with edit_outputs(self.model, edits):
-            for x, y in self.batches:
-                y = y.to(self.device)
-                c, lo = score(check_logits(self.model(self.feed(x))), y)
+            for x, y in self.device_batches():
+                c, lo = score(check_logits(self.model(x)), y)
                 correct += c
                 loss += lo
         return correct, loss
@@ -96,8 +109,8 @@ class ReferenceEvaluator:
                     }
                     c_sum, l_sum = 0, 0.0
                     with noise(self.model, specs):
-                        for x, y in self.batches:
-                            c, lo = score(check_logits(self.model(self.feed(x))), y.to(self.device))
+                        for x, y in self.device_batches():
+                            c, lo = score(check_logits(self.model(x)), y)
                             c_sum += c
                             l_sum += lo
                     correct[r, s], loss[r, s] = c_sum, l_sum

@@ -14,8 +14,9 @@ ablation applied at the markers by the very same edit function the reference ins
 level walk and its incremental updates are in :mod:`.walk`; the column-major layout, buffers and fusions
 in :mod:`.layout`; scoring in :mod:`.scoring`.
 
-*Chunks.* Example chunks are sized so that the recomputed state of one chunk stays cache-sized
-(``_CACHE_TARGET``) and everything held stays within ``memory_budget``.
+*Chunks.* Example chunks are sized so that the recomputed state of one chunk stays cache-sized on the CPU
+(``_CACHE_TARGET``), or fits a quarter of the free memory of a CUDA device, and everything held by the
+workers at once stays within ``memory_budget``; their number is a multiple of the workers (:mod:`.pool`).
 
 *Noise* (:mod:`.noise`) uses the same cached prefix, layout, buffers and batched scoring; its draws depend
 only on (seed, repeat, layer, example index, unit), as in the reference. *Threads* (:mod:`.pool`): chunks
@@ -61,9 +62,9 @@ from singledir.reliance.fast.layout import (
     linear_colmajor,
     nbytes,
 )
-from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, example_scores, score_logits
+from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, check_total, example_scores, score_logits
 from singledir.reliance.fast.noise import noise_counts
-from singledir.reliance.fast.pool import chunk_workers, map_chunks
+from singledir.reliance.fast.pool import chunk_workers, host_reads_free, map_chunks
 from singledir.reliance.fast.walk import ChainUpdates, LevelWalk, SingleAblation
 from singledir.reliance.inputs import ModelInput, check_finite
 from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET, check_logits
@@ -114,6 +115,8 @@ class FastEvaluator:
         self.device = self.feed.device
         #: chunks walked at once (:mod:`.pool`): the caller's torch threads on the CPU, 1 on a GPU
         self.workers = chunk_workers(self.device)
+        #: row-sparse steps (:mod:`.walk`) need host reads of the changed rows: only where they are free
+        self.sparse_steps = host_reads_free(self.device)
         self.names = [p.name for p in plans]
         self.layer_index = {n: i for i, n in enumerate(self.names)}
         self.traced = trace_with_markers(model, self.names)
@@ -289,8 +292,17 @@ class FastEvaluator:
         per_example = self.bytes_per_example = cache + 3 * rest + 2 * acc + 2 * peak + 1
         self.rest_bytes = rest + acc
         n_budget = max(1, int(self.budget // (per_example * self.workers)))
-        n_cache = max(_MIN_CHUNK, int(_CACHE_TARGET // max(1.0, self.rest_bytes)))
-        self.chunk = self._balanced(min(n_budget, n_cache))
+        self.chunk = self._balanced(min(n_budget, self._device_chunk(per_example)))
+
+    def _device_chunk(self, per_example: float) -> int:
+        """Examples per chunk the device favours. CPU: the recomputed state of a chunk stays in the cache
+        (``_CACHE_TARGET``; the walks are memory-bandwidth bound). CUDA: as many as a quarter of the free
+        device memory holds (``torch.cuda.mem_get_info``): larger chunks, fewer kernel launches. Other
+        devices: the CPU rule."""
+        if self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            return max(_MIN_CHUNK, int(free // 4 // per_example))
+        return max(_MIN_CHUNK, int(_CACHE_TARGET // max(1.0, self.rest_bytes)))
 
     def _balanced(self, chunk: int) -> int:
         """``chunk`` lowered so that the chunks are of about equal size and their number is a multiple of
@@ -449,7 +461,7 @@ class FastEvaluator:
         if pending:  # one host read for the whole walk, not one per level
             for i, (c, lo) in enumerate(torch.stack(pending).tolist()):
                 res[0][i] += int(c)
-                res[1][i] += lo
+                res[1][i] += check_total(lo)
         if queue is not None:
             for i, c, lo in queue.flush():
                 res[0][i] += c
@@ -491,6 +503,7 @@ class FastEvaluator:
         for t, _w in parts:
             correct += np.rint(t[:, 0]).astype(np.int64)
             loss += t[:, 1]
+        check_total(float(loss.sum()))
         self.watched = {key: torch.cat([t for _t, w in parts for t in w[key]]) for key in watch}
         return correct, loss
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from singledir.reliance.edits import NoiseSpec, apply_noise, example_noise, unit_shape
 from singledir.reliance.fast.graph import run_node
 from singledir.reliance.fast.layout import buffer, is_colmajor, linear_colmajor
-from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, example_scores
+from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, check_total, example_scores
 
 __all__ = ["noise_counts"]
 
@@ -143,7 +143,7 @@ def noise_counts(ev, plan, watch=None):
             if pending:
                 for (rr, ss, _t), (c, lo) in zip(pending, torch.stack([t for *_k, t in pending]).tolist()):
                     correct[rr, ss] += int(c)
-                    loss[rr, ss] += lo
+                    loss[rr, ss] += check_total(lo)
             return correct, loss, watched
 
         parts = ev.map_chunks(one)

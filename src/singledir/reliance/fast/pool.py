@@ -34,7 +34,18 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch.overrides import _get_current_function_mode_stack
 
-__all__ = ["chunk_workers", "map_chunks"]
+__all__ = ["chunk_workers", "host_reads_free", "map_chunks"]
+
+
+def host_reads_free(device) -> bool:
+    """Whether the host may read values of tensors on ``device`` inside hot loops at no cost (the CPU).
+
+    On a GPU each read (``.item()``, ``bool(t)``, ``nonzero``) waits for the queued kernels: there the
+    walks skip row-sparse steps, score ties without a data-dependent branch and check for non-finite
+    losses once per chunk instead of per level. One predicate, so that tests can run the GPU branches
+    on the CPU (:mod:`singledir.reliance.devicecheck`).
+    """
+    return torch.device(device).type == "cpu"
 
 
 def chunk_workers(device: torch.device) -> int:

@@ -33,7 +33,8 @@ Row-sparse steps: clamping unit u changes nothing for examples whose ``h_u`` alr
 value (post-ReLU zeros under a zero clamp); examples are independent in eval mode, so the nodes downstream
 are recomputed for the changed rows only (bitwise the same per-row results). Walks use them only when at
 most 30% of the rows change (they must write the rows back) and never column-major; single-unit
-ablations up to 70%.
+ablations up to 70%. Only where host reads are free (the CPU, :func:`~.pool.host_reads_free`): finding the
+changed rows (``nonzero``) would wait for the GPU at every step.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ class LevelWalk:
             self.counts[li] = len(self.edits[li].ablated)
         inc, dirty, todo, row_safe = up.classify(new, self.counts, plans)
         inputs = {}
-        if len(inc) == 1 and not dirty and row_safe and not ev.colmajor:
+        if len(inc) == 1 and not dirty and row_safe and not ev.colmajor and ev.sparse_steps:
             m, ch, li, units = inc[0]
             ds = inputs[m] = up.chain_inputs(ch, env, plans[li], units)
             rows, n = _changed_rows(ds)
@@ -337,7 +338,7 @@ class SingleAblation:
         counts[li] = 1
         inc, dirty, todo, row_safe = up.classify({li: [u]}, counts, plans)
         inputs = {}
-        if len(inc) == 1 and not dirty and row_safe:
+        if len(inc) == 1 and not dirty and row_safe and ev.sparse_steps:
             m, ch, lj, units = inc[0]
             ds = inputs[m] = up.chain_inputs(ch, env, plans[lj], units)
             rows, n = _changed_rows(ds)
