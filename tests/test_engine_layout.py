@@ -281,3 +281,42 @@ def test_chunks_run_on_the_callers_threads_without_changing_them(data, monkeypat
     finally:
         monkeypatch.undo()
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("error,falls_back", [
+    (RuntimeError("view size is not compatible with input tensor's size and stride"), True),
+    (TypeError("linear(): argument 'input' must be Tensor, not tuple"), True),
+    (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)("CUDA out of memory"), False),
+    (MemoryError(), False),
+    (KeyError("a node the engine forgot"), False),
+    (AttributeError("'FastEvaluator' object has no attribute 'x'"), False),
+])
+def test_probe_falls_back_only_when_an_op_cannot_run(error, falls_back, data, monkeypatch):
+    """``_probe`` turns "this op cannot run node by node" into the hook path (with the warning); an
+    out-of-memory error or a bug of the engine propagates (issue 16, item 5)."""
+    from singledir.reliance.fast.graph import Split
+    from singledir.reliance.evaluators import FastPathFallback
+
+    def fail(self, x):
+        raise error
+
+    monkeypatch.setattr(Split, "run_prefix", fail)
+    run = lambda: sd.ablation_curves(mlp(), data, ["hidden.0"], repeats=1, levels=[0, 3], progress=False)  # noqa: E731
+    if falls_back:
+        with pytest.warns(FastPathFallback):
+            res = run()
+        assert res.meta["method"] == "hooks"
+    else:
+        with pytest.raises(type(error)):
+            run()
+
+
+def test_colmajor_probe_propagates_out_of_memory(data, monkeypatch):
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+    def fail(self, cache):
+        raise oom("out of memory")
+
+    monkeypatch.setattr(FastEvaluator, "to_colmajor", fail)
+    with pytest.raises(oom):
+        sd.ablation_curves(mlp(), data, ["hidden.0", "hidden.1"], repeats=1, levels=[0, 3], progress=False)

@@ -74,6 +74,12 @@ __all__ = ["FastEvaluator", "example_chunks"]
 #: Target size of the per-level recomputed state of one example chunk (stays in the CPU's cache).
 _CACHE_TARGET = 16 << 20
 _MIN_CHUNK = 512
+#: What running the traced graph node by node raises when an op of the model cannot run that way (the model
+#: itself has just run on the same batch): an op given an argument of a type or layout it does not take.
+#: Anything else -- out of memory, a SingledirError, a KeyError / AttributeError / AssertionError of a bug in
+#: the engine -- propagates instead of becoming a silent fallback to the hook path.
+_CANNOT_RUN = (RuntimeError, TypeError, ValueError, NotImplementedError, IndexError)
+_NEVER_FALLBACK = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError, SingledirError)
 #: Linear layers with at most this many outputs run as a transposed GEMM even on row-major input.
 _NARROW_OUT = 16
 
@@ -259,15 +265,15 @@ class FastEvaluator:
         whether 2-D activations are kept column-major (:mod:`.layout`)."""
         x = self.feed(self.batches[0][0][:3])
         n = self.probe_n = x.shape[0]
+        ref = check_logits(self.model(x))  # the model's own errors (and out-of-memory) propagate as they are
         try:
             env = self.split.run_prefix(x)
             cache = dict(env)
             self.run_rest(env, self.split.rest)
-        except SingledirError:
-            raise
-        except Exception as exc:  # an op the node-by-node execution cannot run: use the hook path
+        except _CANNOT_RUN as exc:  # an op the node-by-node execution cannot run: use the hook path
+            if isinstance(exc, _NEVER_FALLBACK):
+                raise
             raise TraceFailed(f"running the traced graph failed: {type(exc).__name__}: {exc}") from exc
-        ref = check_logits(self.model(x))
         got = env[self.out_node]
         if not self._matches_model(got, ref):
             raise TraceFailed("the traced graph does not reproduce the model's output")
@@ -277,7 +283,9 @@ class FastEvaluator:
                 cenv = self.to_colmajor(cache)
                 self.run_rest(cenv, self.split.rest)
                 self.colmajor = self._matches_model(cenv[self.out_node], ref)
-            except Exception:  # an op of the model needs row-major 2-D tensors (e.g. .view): keep row-major
+            except RuntimeError as exc:  # an op of the model needs row-major 2-D tensors (e.g. .view)
+                if isinstance(exc, _NEVER_FALLBACK):
+                    raise
                 self.colmajor = False
         self.shapes = {k: tuple(v.shape) for k, v in env.items() if isinstance(v, torch.Tensor)}
         self.dtypes = {k: v.dtype for k, v in env.items() if isinstance(v, torch.Tensor)}
