@@ -206,3 +206,31 @@ def test_noise_is_defined_independently_of_device_and_batching():
     assert abs(float(big.mean())) < 0.01 and abs(float(big.std()) - 1) < 0.01
     other = example_noise((257,), 0, 2000, (0, 1, 0))
     assert abs(float(torch.corrcoef(torch.stack([big.flatten(), other.flatten()]))[0, 1])) < 0.01
+
+
+def test_flatness_measures_draw_their_noise_on_the_parameters_device(data, models):
+    """PAC-Bayes sigma and sharpness perturb the weights with noise made where the weights are (on main it
+    was drawn on the host and copied per Monte-Carlo sample); the same seed gives the same sigma."""
+    from singledir.measures.library import pacbayes_sigma, sharpness_magnitude
+
+    mlp, _conv = models
+    x, y = data[0][:64], data[1][:64]
+    kw = dict(search_depth=3, seed=1)
+    with DeviceCheck() as dc:
+        dev = next(mlp.parameters()).device
+        xd, yd = dc.host(x.clone()).to(dev), dc.host(y.clone()).to(dev)
+        created = []
+        real = torch.randn
+
+        def spy(*a, **k):
+            created.append(k.get("device"))
+            return real(*a, **k)
+
+        torch.randn = spy
+        try:
+            s1 = pacbayes_sigma(mlp, xd, yd, mc_samples=2, magnitude_aware=True, **kw)
+            sharpness_magnitude(mlp, xd, yd, ascent_steps=1, **kw)
+        finally:
+            torch.randn = real
+    assert not created  # no host-side generator draws
+    assert s1 == pacbayes_sigma(mlp, x, y, mc_samples=2, magnitude_aware=True, **kw)
