@@ -11,8 +11,10 @@ slower at torch's default of 2 intra-op threads than at 1). Chunks are independe
 independent in eval mode), and torch ops release the GIL, so ``W`` chunks are walked at once by ``W``
 Python threads, ``W`` = ``torch.get_num_threads()`` -- the caller's setting, read, never changed: no
 code here calls ``torch.set_num_threads`` (an earlier version changed the process-wide count around
-every walk). Inside a worker, torch's own intra-op parallelism still applies to ops large enough to use
-it (its grain size), so a compute-bound rest (convolutions) is not starved.
+every walk). Each worker's ops run on ``W // workers`` threads (1 when there are at least ``W`` chunks),
+set by the thread-local OpenMP / MKL calls (:func:`_thread_local_threads`), so the process uses the
+caller's ``W`` threads in all, not ``W`` teams of ``W``. With one chunk it runs in the caller's thread
+at the caller's thread count.
 
 On a GPU the ops are queued asynchronously on one stream: one worker (``W = 1``).
 
@@ -28,13 +30,21 @@ round differently in the last bit. For a given thread count the results are repr
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch.overrides import _get_current_function_mode_stack
 
-__all__ = ["chunk_workers", "host_reads_free", "map_chunks"]
+__all__ = ["THREAD_LOCAL_WORKERS", "chunk_workers", "host_reads_free", "map_chunks"]
+
+#: Give each worker ``W // workers`` threads by thread-local OpenMP / MKL settings (True), or leave every
+#: worker at torch's per-thread default of ``W`` intra-op threads (False: up to ``W * workers`` threads;
+#: ``benchmarks/bench_ablation.py --pool-threads`` compares the two).
+THREAD_LOCAL_WORKERS = True
 
 
 def host_reads_free(device) -> bool:
@@ -55,6 +65,38 @@ def chunk_workers(device: torch.device) -> int:
     return max(1, torch.get_num_threads())
 
 
+@functools.lru_cache(maxsize=1)
+def _thread_setters():
+    """``(omp_set_num_threads, mkl_set_num_threads_local)`` of the libraries this torch build runs on
+    (ctypes), or None each where there is no such library or symbol (then the workers keep torch's
+    per-thread default). In the x86 wheels MKL is linked into ``libtorch_cpu.so`` and its
+    ``mkl_set_num_threads_local`` is the Fortran entry point (it takes a pointer)."""
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    try:
+        omp = ctypes.CDLL(os.path.join(lib, "libgomp.so.1")).omp_set_num_threads
+        omp.argtypes, omp.restype = [ctypes.c_int], None
+    except (OSError, AttributeError):
+        omp = None
+    try:
+        mkl = ctypes.CDLL(os.path.join(lib, "libtorch_cpu.so")).mkl_set_num_threads_local
+        mkl.argtypes, mkl.restype = [ctypes.POINTER(ctypes.c_int)], ctypes.c_int
+    except (OSError, AttributeError):
+        mkl = None
+    return omp, mkl
+
+
+def _thread_local_threads(n: int) -> None:
+    """Let the calling worker thread's torch ops use ``n`` threads: OpenMP's ``nthreads`` and MKL's local
+    thread count are per-thread settings (unlike ``torch.set_num_threads``, which also changes the
+    process-wide default); set after torch's own per-thread initialisation, which would overwrite them."""
+    torch.get_num_threads()  # torch initialises this thread's OpenMP / MKL counts on first use
+    omp, mkl = _thread_setters()
+    if omp is not None:
+        omp(n)
+    if mkl is not None:
+        mkl(ctypes.byref(ctypes.c_int(n)))
+
+
 def map_chunks(fn: Callable, chunks: Iterable, workers: int) -> list:
     """``[fn(chunk) for chunk in chunks]``, computed by ``workers`` threads (results in chunk order).
 
@@ -67,7 +109,12 @@ def map_chunks(fn: Callable, chunks: Iterable, workers: int) -> list:
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     modes = _get_current_function_mode_stack()
 
+    nworkers = min(workers, len(chunks))
+    per_worker = max(1, workers // nworkers)
+
     def run(c):
+        if THREAD_LOCAL_WORKERS:
+            _thread_local_threads(per_worker)
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode(inference))
             stack.enter_context(torch.set_grad_enabled(grad))
@@ -75,7 +122,7 @@ def map_chunks(fn: Callable, chunks: Iterable, workers: int) -> list:
                 stack.enter_context(m)
             return fn(c)
 
-    ex = ThreadPoolExecutor(max_workers=min(workers, len(chunks)), thread_name_prefix="singledir-chunk")
+    ex = ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="singledir-chunk")
     futures = [ex.submit(run, c) for c in chunks]
     try:
         return [f.result() for f in futures]
