@@ -8,7 +8,7 @@ runs the paths on a real one).
 
 from __future__ import annotations
 
-import sys
+import importlib
 
 import numpy as np
 import pytest
@@ -128,8 +128,8 @@ def test_a_users_clamp_spec_with_host_values(data, models):
 def gpu_branches(monkeypatch):
     """Run the fast path's GPU branches on the CPU: no free host reads, one worker."""
     for mod in ("singledir.reliance.fast.evaluator", "singledir.reliance.fast.scoring", "singledir.reliance.fast.pool"):
-        monkeypatch.setattr(sys.modules[mod], "host_reads_free", lambda device: False)
-    monkeypatch.setattr(sys.modules["singledir.reliance.fast.evaluator"], "chunk_workers", lambda device: 1)
+        monkeypatch.setattr(importlib.import_module(mod), "host_reads_free", lambda device: False)
+    monkeypatch.setattr(importlib.import_module("singledir.reliance.fast.evaluator"), "chunk_workers", lambda device: 1)
 
 
 @pytest.mark.parametrize("case", ["mlp", "conv-last", "conv-middle"])
@@ -146,6 +146,13 @@ def test_gpu_branches_read_nothing_per_level_and_agree_with_the_reference(case, 
                                                       method="fast", memory_budget=150_000)
         syncs[len(levels)] = sum(dc.syncs.values())
     assert syncs[16] == syncs[4], (syncs, dc.sync_sites)  # host reads per chunk and call, none per level
+    rnd = {}
+    for levels in ([0, 1, 2, 3], list(range(12))):  # random directions: the basis is sent once, not per unit
+        with DeviceCheck() as dc:
+            sd.ablation_curves(model, host_data(dc, data), layers[:1], repeats=1, levels=levels, basis="random",
+                               progress=False, method="fast")
+        rnd[len(levels)] = sum(dc.syncs.values())
+    assert rnd[12] == rnd[4], dc.sync_sites
     ref = sd.ablation_curves(model, data, layers, repeats=1, levels=list(range(16)), progress=False,
                              method="reference")
     assert compare_curves(model, data, results[16], ref).ok

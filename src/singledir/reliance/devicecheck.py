@@ -20,8 +20,8 @@ An op whose operands mix host and device tensors (other than 0-dim host tensors,
 beside device tensors as scalars; the indices of ``t[idx]``, and the source of ``copy_``) raises
 :class:`DeviceMismatch` -- exactly the ops that fail on a GPU. Reads of a device tensor's values by the host
 (``.item()``, ``.tolist()``, ``float()``, ``int()``, ``bool()``, ``.numpy()``, ``.cpu()``, ``nonzero``, boolean
-indexing) are counted in :attr:`DeviceCheck.syncs` (host synchronisations on a GPU), so a test can check
-that they do not grow with the number of levels.
+indexing), and copies of host tensors to the device (``"h2d"``), are counted in :attr:`DeviceCheck.syncs`
+(host synchronisations on a GPU), so a test can check that they do not grow with the number of levels.
 
 A ``.to(device)`` of a host tensor (or ``.cpu()`` of a device tensor), which on the CPU returns the tensor
 itself, returns a copy inside the check, as it would on a GPU, so the source keeps its side. Limits: code
@@ -181,6 +181,8 @@ class DeviceCheck(TorchFunctionMode):
             if target is None:  # a dtype change only: stays where it is
                 target = self_t is not None and not self.is_host(self_t)
             if isinstance(result, torch.Tensor):
+                if target and self_t is not None and self.is_host(self_t):
+                    self._sync("h2d")  # a host-to-device copy (pageable memory: it waits on a GPU)
                 if result is self_t and target == self.is_host(self_t):
                     result = result.clone()  # a copy, as on a GPU: the source keeps its side
                 if target:

@@ -21,8 +21,6 @@ Markers that are not roots, or feed no linear chain, get the noise added (the sa
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -59,15 +57,12 @@ class _OnDevice:
 
     def __init__(self, v: torch.Tensor):
         self.v, self.cache = v, {}
-        self.lock = threading.Lock()
 
     def get(self, h: torch.Tensor) -> torch.Tensor:
         key = (h.device, h.dtype, h.ndim)
         hit = self.cache.get(key)
         if hit is None:
-            hit = self.v.to(dtype=h.dtype, device=h.device).view(unit_shape(h))
-            with self.lock:
-                self.cache[key] = hit
+            hit = self.cache[key] = self.v.to(dtype=h.dtype, device=h.device).view(unit_shape(h))
         return hit
 
 
@@ -83,6 +78,10 @@ def noise_counts(ev, plan, watch=None):
     dirty = frozenset(m for m in ev.split.markers if m not in inc)
     todo = ev.updates.todo(inc, dirty)[0] if inc else ev.split.rest
     sigmas = [_OnDevice(NoiseSpec(s, 1.0).std) for s in plan.sigmas]
+    # per-unit stds of every (scale, layer), sent to the device once (not per configuration and chunk)
+    per_layer = [torch.stack([NoiseSpec(plan.sigmas[i], float(sc)).std for sc in plan.scales]).to(ev.device)
+                 for i in range(len(ev.names))]
+    stds_by_scale = [[per_layer[i][s] for i in range(len(ev.names))] for s in range(len(plan.scales))]
     watch = set(watch or ())
     with tqdm(total=ev.nchunks() * shape[0] * shape[1], desc="noise", disable=not ev.progress, leave=False) as bar:
 
@@ -118,7 +117,7 @@ def noise_counts(ev, plan, watch=None):
                     sig = sigmas[li].get(h)
                     deltas[ch.consumer] = _consumer_delta(ev, ch, env0, draw(li, h) * sig)
                 for s, scale in enumerate(plan.scales):
-                    stds = [NoiseSpec(plan.sigmas[i], float(scale)).std for i in range(len(ev.names))]
+                    stds = stds_by_scale[s]
 
                     def noise_fn(li, h, stds=stds, draw=draw):
                         return apply_noise(h, draw(li, h), stds[li])

@@ -86,6 +86,7 @@ class ChainUpdates:
         self.ev = ev
         self._weights: dict = {}
         self._todo_cache: dict = {}
+        self._bases: dict = {}
 
     def weight(self, ch, plan):
         """Consumer weights per unit/direction: float64 (units, R, out) for Linear, float32 for conv."""
@@ -119,7 +120,11 @@ class ChainUpdates:
         """(value - clamp) of unit/direction ``u`` of ``h``, shape (n, 1, ...), before the chain ops."""
         if plan.basis is None:
             return plan.values[u].to(h.dtype) - h[:, u : u + 1]
-        q = plan.basis[:, u].to(dtype=h.dtype, device=h.device)
+        key = (id(plan), h.dtype, h.device)
+        basis = self._bases.get(key)
+        if basis is None:  # sent to the device once per plan, not per unit
+            basis = self._bases[key] = (plan.basis.to(dtype=h.dtype, device=h.device), plan)
+        q = basis[0][:, u]
         a = (h.movedim(1, -1) @ q).unsqueeze(1)
         return plan.direction_value(u) - a
 
