@@ -1,9 +1,9 @@
 """The fx fast path's evaluator: the traced model split into a cached prefix and a rest run node by node.
 
-Offers :class:`FastEvaluator` (``method="fast"``; ``"auto"`` when the model traces) and
-:func:`example_chunks`. It implements the evaluator interface of :mod:`singledir.reliance.reference`
-(``base``, ``cumulative``, ``singles``, ``noise``) and gives the reference's numbers up to float
-rounding inside the network (see :func:`singledir.reliance.testing.compare_curves` for what "equal" means).
+Offers :class:`FastEvaluator` (``method="fast"``; ``"auto"`` when the model traces). It implements the
+evaluator interface of :mod:`singledir.reliance.reference` (``base``, ``cumulative``, ``singles``,
+``noise``) and gives the reference's numbers up to float rounding inside the network (see
+:func:`singledir.reliance.testing.compare_curves` for what "equal" means).
 
 *Split* (:mod:`.graph`). The model is traced with a marker node after each analysed layer. Nodes that no
 marker reaches (the *prefix*: for the MLP's ``hidden.0`` the input flatten and the first Linear) compute
@@ -64,12 +64,12 @@ from singledir.reliance.fast.layout import (
 )
 from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, check_total, example_scores, score_logits
 from singledir.reliance.fast.noise import noise_counts
-from singledir.reliance.fast.pool import chunk_workers, host_reads_free, map_chunks
+from singledir.reliance.fast.pool import chunk_workers, example_chunks, host_reads_free, map_chunks
 from singledir.reliance.fast.walk import ChainUpdates, LevelWalk, SingleAblation
 from singledir.reliance.inputs import ModelInput, check_finite
 from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET, check_logits
 
-__all__ = ["FastEvaluator", "example_chunks"]
+__all__ = ["FastEvaluator"]
 
 #: Target size of the per-level recomputed state of one example chunk (stays in the CPU's cache).
 _CACHE_TARGET = 16 << 20
@@ -83,28 +83,6 @@ _NEVER_FALLBACK = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryErro
 #: Linear layers with at most this many outputs run as a transposed GEMM even on row-major input.
 _NARROW_OUT = 16
 
-
-def example_chunks(batches, n: int):
-    """Yield ``(start, x, y)`` chunks of ``n`` consecutive examples across the batches, in order."""
-    buf_x, buf_y, have, start = [], [], 0, 0
-    for x, y in batches:
-        i = 0
-        while i < x.shape[0]:
-            take = min(n - have, x.shape[0] - i)
-            buf_x.append(x[i : i + take])
-            buf_y.append(y[i : i + take])
-            have += take
-            i += take
-            if have == n:
-                yield start, torch.cat(buf_x) if len(buf_x) > 1 else buf_x[0], torch.cat(buf_y) if len(
-                    buf_y
-                ) > 1 else buf_y[0]
-                start += have
-                buf_x, buf_y, have = [], [], 0
-    if have:
-        yield start, torch.cat(buf_x) if len(buf_x) > 1 else buf_x[0], torch.cat(buf_y) if len(buf_y) > 1 else buf_y[
-            0
-        ]
 
 class FastEvaluator:
     """Cached prefix, incremental linear consumers, level walk on cache-sized chunks (this module's docstring)."""

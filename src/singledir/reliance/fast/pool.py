@@ -1,7 +1,8 @@
 """The fx path's example chunks, processed by a pool of threads: every core the caller gives torch.
 
-Offers :func:`chunk_workers` (how many threads walk chunks at once) and :func:`map_chunks` (a function
-of one chunk applied to every chunk, in parallel, results in chunk order).
+Offers :func:`example_chunks` (consecutive examples across the data batches), :func:`chunk_workers` (how
+many threads walk chunks at once), :func:`map_chunks` (a function of one chunk applied to every chunk, in
+parallel, results in chunk order) and :func:`host_reads_free`.
 
 Why threads over chunks, not multi-threaded ops. A level walk issues many mid-sized ops on cache-sized
 chunks (element-wise ops, rank-1 updates, small GEMMs of a few microseconds each): spreading each op over
@@ -39,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch.overrides import _get_current_function_mode_stack
 
-__all__ = ["THREAD_LOCAL_WORKERS", "chunk_workers", "host_reads_free", "map_chunks"]
+__all__ = ["THREAD_LOCAL_WORKERS", "chunk_workers", "example_chunks", "host_reads_free", "map_chunks"]
 
 #: Give each worker ``W // workers`` threads by thread-local OpenMP / MKL settings (True), or leave every
 #: worker at torch's per-thread default of ``W`` intra-op threads (False: up to ``W * workers`` threads;
@@ -128,3 +129,26 @@ def map_chunks(fn: Callable, chunks: Iterable, workers: int) -> list:
         return [f.result() for f in futures]
     finally:  # on an exception the chunks not yet started are cancelled, the running ones end
         ex.shutdown(wait=True, cancel_futures=True)
+
+
+def example_chunks(batches, n: int):
+    """Yield ``(start, x, y)`` chunks of ``n`` consecutive examples across the batches, in order."""
+    buf_x, buf_y, have, start = [], [], 0, 0
+    for x, y in batches:
+        i = 0
+        while i < x.shape[0]:
+            take = min(n - have, x.shape[0] - i)
+            buf_x.append(x[i : i + take])
+            buf_y.append(y[i : i + take])
+            have += take
+            i += take
+            if have == n:
+                yield start, torch.cat(buf_x) if len(buf_x) > 1 else buf_x[0], torch.cat(buf_y) if len(
+                    buf_y
+                ) > 1 else buf_y[0]
+                start += have
+                buf_x, buf_y, have = [], [], 0
+    if have:
+        yield start, torch.cat(buf_x) if len(buf_x) > 1 else buf_x[0], torch.cat(buf_y) if len(buf_y) > 1 else buf_y[
+            0
+        ]
