@@ -4,7 +4,8 @@ At most ~3 minutes on one GPU. Three parts, printed as they finish and written a
 
 1. **Equality on the device** for the MLP, the 11-layer ConvNet and the ResNet (seeded random weights,
    seeded Gaussian inputs, labels from the model's own clean predictions so accuracies are not at
-   chance): a cumulative random-order ablation curve by ``method="fast"``, ``"hooks"`` and
+   chance): a cumulative random-order ablation curve, noise curves (3 scales x 2 repeats) and the
+   single-unit importance of the last analysed layer (``--tiny``: the MLP's only), by ``method="fast"``, ``"hooks"`` and
    ``"reference"``. Per level, the number of examples whose prediction differs from the reference is
    counted (from the accuracies); different kernels round differently, so up to ``--max-flips`` (default
    1) examples per level may differ -- a near-tie of two logits, as seen once on the CPU -- and losses
@@ -18,8 +19,8 @@ At most ~3 minutes on one GPU. Three parts, printed as they finish and written a
    levels; noise: 11 scales x 5 repeats), extrapolated to the preset's epoch cap (640) and to the 12
    networks of the claim. Synthetic data of MNIST's shape: the cost does not depend on the pixel values.
 
-``--device cpu --tiny`` runs the same code at toy sizes (seconds on a CPU), to check the script itself
-where there is no GPU; without ``--device cpu``, a machine without CUDA gets a one-line message and
+``--device cpu --tiny`` runs the same code at toy sizes (~30 s on 2 CPU cores; ``tests/test_gpu_check.py``
+runs it in the test suite), to check the script itself where there is no GPU; without ``--device cpu``, a machine without CUDA gets a one-line message and
 exit status 2.
 
 Usage::
@@ -37,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -92,6 +94,21 @@ def check_equality(name: str, model, x, y, layers, levels, args, device) -> dict
         ok &= bool(loss_rel < 1e-4)
     for method in ("fast", "hooks"):
         ok &= out[method]["max_examples_differing"] <= args.max_flips
+    # noise curves and single-unit importance by every path, on the device
+    kw = dict(scales=[0.3, 1.0, 3.0], repeats=2, seed=0, progress=False)
+    noise = {m: sd.noise_curves(model, (x, y), layers, method=m, **kw).curves for m in METHODS}
+    # importance: every model on a GPU; with --tiny the MLP only (the reference runs the net once per unit)
+    with_imp = not args.tiny or name == "mlp"
+    imp = {m: sd.unit_importance(model, (x, y), layers[-1:], progress=False, method=m) for m in METHODS} if with_imp else None
+    for method in ("fast", "hooks"):
+        nd = ((noise[method]["accuracy"] - noise["reference"]["accuracy"]).abs() * n).round().astype(int)
+        nl = ((noise[method]["loss"] - noise["reference"]["loss"]).abs()
+              / noise["reference"]["loss"].abs().clip(lower=1e-12)).max()
+        idd = ((imp[method]["accuracy_drop"] - imp["reference"]["accuracy_drop"]).abs() * n).round().astype(int) if imp \
+            else np.zeros(1, dtype=int)
+        out[method].update({"noise_max_examples_differing": int(nd.max()), "noise_max_loss_rel_diff": float(nl),
+                            "importance_max_examples_differing": int(idd.max())})
+        ok &= bool(nl < 1e-4) and int(nd.max()) <= args.max_flips and int(idd.max()) <= args.max_flips
     out["equal"] = ok
     return out
 
@@ -148,10 +165,11 @@ def paper_mlp_cost(args, device) -> dict:
     n_train, n_test, width = (1000, 200, 64) if args.tiny else (60000, 10000, 512)
     cap, networks = 640, 12  # until 100% train accuracy, at most 640 epochs; 6 corruption levels x 2 seeds
     model = build_model("mlp", (1, 28, 28), 10, width=width, seed=0).to(device)
-    per_epoch = epoch_seconds(model, (1, 28, 28), n_train, n_test, device, epochs=1 if args.tiny else 3)
+    per_epoch = epoch_seconds(model, (1, 28, 28), n_train, n_test, device, epochs=1 if args.tiny else 3,
+                              max_steps=2 if args.tiny else None)
     model.eval()
     g = torch.Generator().manual_seed(0)
-    ex = 200 if args.tiny else 10000
+    ex = 100 if args.tiny else 10000
     x = torch.randn(ex, 1, 28, 28, generator=g).to(device)
     y = torch.randint(0, 10, (ex,), generator=g).to(device)
     layers = ["hidden.0", "hidden.1"]
@@ -172,11 +190,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--tiny", action="store_true", help="toy sizes (to check the script on a CPU)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per path, best kept (default 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per path, best kept (default 3; 1 with --tiny)")
     p.add_argument("--max-flips", type=int, default=1,
                    help="examples per level whose prediction may differ from the reference (near-ties; default 1)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.tiny else 3
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: CUDA is not available on this machine; run it on a GPU, or use --device cpu --tiny "
               "to check the script itself", file=sys.stderr)
@@ -187,7 +207,7 @@ def main(argv=None) -> int:
             "torch": torch.__version__, "platform": platform.platform(), "threads": torch.get_num_threads(),
             "tiny": args.tiny}
     print(json.dumps(info))
-    n = 200 if args.tiny else 5000
+    n = 120 if args.tiny else 5000
     cases = {
         "mlp": (build_model("mlp", (1, 28, 28), 10, width=32 if args.tiny else 128, seed=0), (1, 28, 28), None),
         "convnet": (build_model("convnet", (3, 32, 32), 10, width_mult=0.125 if args.tiny else 0.5, seed=0),
@@ -209,15 +229,15 @@ def main(argv=None) -> int:
 
     # 2. timings: the benchmark's MLP full curve, and the ConvNet's last layer
     timings = {}
-    mlp = build_model("mlp", (1, 28, 28), 10, width=32 if args.tiny else 128, seed=0).to(device).eval()
-    x, y = make_data(mlp, (1, 28, 28), 500 if args.tiny else 10000, device, seed=2)
+    mlp = build_model("mlp", (1, 28, 28), 10, width=16 if args.tiny else 128, seed=0).to(device).eval()
+    x, y = make_data(mlp, (1, 28, 28), 200 if args.tiny else 10000, device, seed=2)
     every = list(range(sum(unit_counts(mlp).values()) + 1))
     timings["mlp-curve"] = time_curve(mlp, x, y, mlp.unit_layers, every, args, device)
     print(json.dumps({"mlp-curve": timings["mlp-curve"]}))
     conv = build_model("convnet", (3, 32, 32), 10, width_mult=0.125, seed=0).to(device).eval()
-    x, y = make_data(conv, (3, 32, 32), 40 if args.tiny else 1000, device, seed=3)
+    x, y = make_data(conv, (3, 32, 32), 20 if args.tiny else 1000, device, seed=3)
     last = conv.unit_layers[-1]
-    every = list(range(0, unit_counts(conv)[last] + 1, 8 if args.tiny else 1))
+    every = list(range(0, unit_counts(conv)[last] + 1, 16 if args.tiny else 1))
     timings["conv-last"] = time_curve(conv, x, y, [last], every, args, device)
     print(json.dumps({"conv-last": timings["conv-last"]}))
 

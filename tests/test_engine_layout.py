@@ -9,6 +9,8 @@ accuracies except at near-ties that float64 resolves to the reference, losses wi
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -218,31 +220,103 @@ def test_prefix_runs_once_across_base_and_importance_and_equals_uncached(data, m
     np.testing.assert_allclose(cached.loss_increase.to_numpy(), uncached.loss_increase.to_numpy(), atol=1e-6)
 
 
-def test_walk_runs_on_its_own_thread_count_and_restores_the_callers(data, monkeypatch):
+def test_chunks_run_on_the_callers_threads_without_changing_them(data, monkeypatch):
+    """The walks use the caller's torch threads (chunks walked in parallel, :mod:`.fast.pool`); no code
+    changes torch's process-wide thread count; any number of workers gives the same numbers; an error in a
+    worker propagates."""
+    import threading
+
+    from singledir.reliance.fast import pool
+
     model, layers = mlp(), ["hidden.0", "hidden.1"]
-    assert evaluator(model, data, layers).threads == 1  # no convolution recomputed: one thread
     conv = build_model("convnet", (1, 8, 8), 10, width_mult=0.0625, seed=0).eval()
-    assert evaluator(conv, data, [conv.unit_layers[5]]).threads is None  # convolutions: the caller's count
-    assert evaluator(conv, data, [conv.unit_layers[-1]]).threads == 1
-    seen = []
-    real = LevelWalk.advance
 
-    def spy(self, new):
-        seen.append(torch.get_num_threads())
-        return real(self, new)
-
-    def boom(self, new):
-        raise RuntimeError("boom")
+    def no_set(n):
+        raise AssertionError(f"torch.set_num_threads({n}) called by the engine")
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
+        ev = evaluator(model, data, layers, memory_budget=int(60 * evaluator(model, data, layers).bytes_per_example))
+        assert ev.workers == 2 and ev.nchunks() % 2 == 0  # balanced: a multiple of the workers
+        names = []
+        real_advance = LevelWalk.advance
+
+        def spy(self, new):
+            names.append(threading.current_thread().name)
+            return real_advance(self, new)
+
+        monkeypatch.setattr(torch, "set_num_threads", no_set)
         monkeypatch.setattr(LevelWalk, "advance", spy)
-        sd.ablation_curves(model, data, layers, repeats=1, levels=[0, 5, 10], progress=False)
-        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        kw = dict(repeats=2, levels=[0, 5, 10, 16], progress=False, memory_budget=ev.budget)
+        two = {m: sd.ablation_curves(mm, data, ll, **kw) for m, mm, ll in
+               (("mlp", model, layers), ("conv", conv, [conv.unit_layers[5]]))}
+        assert any(n.startswith("singledir-chunk") for n in names)  # walked in worker threads
+        imp2 = sd.unit_importance(model, data, ["hidden.0"], progress=False, memory_budget=ev.budget)
+        noise2 = sd.noise_curves(model, data, layers, scales=[0.5, 2.0], repeats=2, progress=False,
+                                 memory_budget=ev.budget)
+        monkeypatch.setattr(pool, "chunk_workers", lambda device: 1)
+        monkeypatch.setattr(sys.modules["singledir.reliance.fast.evaluator"], "chunk_workers", lambda device: 1)
+        one = {m: sd.ablation_curves(mm, data, ll, **kw) for m, mm, ll in
+               (("mlp", model, layers), ("conv", conv, [conv.unit_layers[5]]))}
+        for m in one:
+            np.testing.assert_array_equal(one[m].curves.accuracy, two[m].curves.accuracy)
+            np.testing.assert_allclose(one[m].curves.loss, two[m].curves.loss, rtol=1e-6)  # chunk sizes differ
+        imp1 = sd.unit_importance(model, data, ["hidden.0"], progress=False, memory_budget=ev.budget)
+        np.testing.assert_array_equal(imp1.accuracy_drop, imp2.accuracy_drop)
+        noise1 = sd.noise_curves(model, data, layers, scales=[0.5, 2.0], repeats=2, progress=False,
+                                 memory_budget=ev.budget)
+        np.testing.assert_array_equal(noise1.curves.accuracy, noise2.curves.accuracy)
+        monkeypatch.undo()
+        assert torch.get_num_threads() == 2
+
+        def boom(self, new):
+            raise RuntimeError("boom")
+
         monkeypatch.setattr(LevelWalk, "advance", boom)
         with pytest.raises(RuntimeError, match="boom"):
-            sd.ablation_curves(model, data, layers, repeats=1, levels=[0, 5, 10], progress=False)
-        assert torch.get_num_threads() == 2  # restored after the exception too
+            sd.ablation_curves(model, data, layers, repeats=1, levels=[0, 5, 10], progress=False,
+                               memory_budget=ev.budget)
+        assert torch.get_num_threads() == 2
     finally:
+        monkeypatch.undo()
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("error,falls_back", [
+    (RuntimeError("view size is not compatible with input tensor's size and stride"), True),
+    (TypeError("linear(): argument 'input' must be Tensor, not tuple"), True),
+    (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)("CUDA out of memory"), False),
+    (MemoryError(), False),
+    (KeyError("a node the engine forgot"), False),
+    (AttributeError("'FastEvaluator' object has no attribute 'x'"), False),
+])
+def test_probe_falls_back_only_when_an_op_cannot_run(error, falls_back, data, monkeypatch):
+    """``_probe`` turns "this op cannot run node by node" into the hook path (with the warning); an
+    out-of-memory error or a bug of the engine propagates (issue 16, item 5)."""
+    from singledir.reliance.fast.graph import Split
+    from singledir.reliance.evaluators import FastPathFallback
+
+    def fail(self, x):
+        raise error
+
+    monkeypatch.setattr(Split, "run_prefix", fail)
+    run = lambda: sd.ablation_curves(mlp(), data, ["hidden.0"], repeats=1, levels=[0, 3], progress=False)  # noqa: E731
+    if falls_back:
+        with pytest.warns(FastPathFallback):
+            res = run()
+        assert res.meta["method"] == "hooks"
+    else:
+        with pytest.raises(type(error)):
+            run()
+
+
+def test_colmajor_probe_propagates_out_of_memory(data, monkeypatch):
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+    def fail(self, cache):
+        raise oom("out of memory")
+
+    monkeypatch.setattr(FastEvaluator, "to_colmajor", fail)
+    with pytest.raises(oom):
+        sd.ablation_curves(mlp(), data, ["hidden.0", "hidden.1"], repeats=1, levels=[0, 3], progress=False)

@@ -28,6 +28,7 @@ from torch import nn
 
 from singledir.errors import SingledirError
 from singledir.measures.weights import weight_matrices
+from singledir.reliance.edits import example_noise
 
 __all__ = [
     "davies_bouldin_mixup",
@@ -57,7 +58,8 @@ def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((_logits(model, x).argmax(1) == y).double().mean())
+    logits = _logits(model, x)  # on the host
+    return float((logits.argmax(1) == y.to(logits.device)).double().mean())
 
 
 # ---------------------------------------------------------------------------- reliance (Morcos et al.)
@@ -168,19 +170,23 @@ def pacbayes_sigma(model: nn.Module, x, y, *, magnitude_aware: bool = False, tar
     N(0, sigma^2) to every parameter lowers the mean training accuracy (``mc_samples`` draws) by
     ``target +- tolerance``. ``magnitude_aware``: the noise std of weight w is
     ``sqrt(sigma^2 w^2 + eps^2)`` (J20's magnitude-aware variant). Flatness = 1 / sigma^2.
-    Seeded (a private generator), so the same model and seed give the same sigma."""
+    Seeded: the noise is drawn on the parameters' device by the counter-based generator of
+    :func:`singledir.reliance.edits.example_noise`, so the same model and seed give the same sigma on every
+    device (up to float rounding)."""
     base = _accuracy(model, x, y)
     noisy = copy.deepcopy(model).eval()
     params0 = [p.detach().clone() for p in model.parameters()]
-    gen = torch.Generator().manual_seed(seed)
+    draws = [0]  # Monte-Carlo draws so far: draw d of parameter k is keyed by (seed, d, k)
 
     def drop_at(sigma: float) -> float:
         accs = []
         for _ in range(mc_samples):
-            for p, p0 in zip(noisy.parameters(), params0):
-                z = torch.randn(p0.shape, generator=gen, dtype=p0.dtype)
-                std = torch.sqrt(sigma**2 * p0.cpu() ** 2 + eps**2) if magnitude_aware else sigma
-                p.copy_(p0 + (z * std).to(p0.device))
+            for k, (p, p0) in enumerate(zip(noisy.parameters(), params0)):
+                # drawn on the parameter's device, the same numbers on every device up to float rounding
+                z = example_noise(p0.shape, 0, 1, (seed, draws[0], k), dtype=p0.dtype, device=p0.device)[0]
+                std = torch.sqrt(sigma**2 * p0**2 + eps**2) if magnitude_aware else sigma
+                p.copy_(p0 + z * std)
+            draws[0] += 1
             accs.append(_accuracy(noisy, x, y))
         return base - float(np.mean(accs))
 
@@ -200,15 +206,18 @@ def sharpness_magnitude(model: nn.Module, x, y, *, target: float = 0.1, toleranc
     base = _accuracy(model, x, y)
     pert = copy.deepcopy(model).eval()
     params0 = [p.detach().clone() for p in model.parameters()]
-    gen = torch.Generator().manual_seed(seed)
     dev = model_device(model)
     xd, yd = x.to(dev), y.to(dev)
+    draws = [0]
 
     def drop_at(a: float) -> float:
         with torch.no_grad():
-            for p, p0 in zip(pert.parameters(), params0):
-                u = torch.rand(p0.shape, generator=gen, dtype=p0.dtype).to(p0.device) * 2 - 1
+            for k, (p, p0) in enumerate(zip(pert.parameters(), params0)):
+                # U(-1, 1) as erf(z / sqrt 2) of a standard normal drawn on the parameter's device
+                z = example_noise(p0.shape, 0, 1, (seed, draws[0], k), dtype=torch.float32, device=p0.device)[0]
+                u = torch.erf(z * 0.7071067811865476).to(p0.dtype)
                 p.copy_(p0 * (1 + a * u))
+            draws[0] += 1
         for _ in range(ascent_steps):
             pert.zero_grad(set_to_none=True)
             F.cross_entropy(pert(xd), yd).backward()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from singledir.reliance.edits import NoiseSpec, apply_clamp, apply_projection
+from singledir.reliance.edits import NoiseSpec, apply_projection, clamp_factors, clamp_with
 from singledir.reliance.fast.layout import nbytes
 from singledir.reliance.hooks import edit_outputs, noise
 from singledir.reliance.inputs import batch_len, repeat_inputs, take
@@ -54,7 +54,8 @@ class HookEvaluator(ReferenceEvaluator):
         return int(max(1, min(64, self.budget // (per_example * batch * 2))))
 
     def _replica_edits(self, plans, ablated_per_replica):
-        """Hook edits for R replicas: ``ablated_per_replica[r]`` = {layer index: units}."""
+        """Hook edits for R replicas: ``ablated_per_replica[r]`` = {layer index: units}. Masks, clamp
+        factors and projections are built once per group, on the model's device."""
         edits = {}
         r = len(ablated_per_replica)
         for li, plan in enumerate(plans):
@@ -65,12 +66,15 @@ class HookEvaluator(ReferenceEvaluator):
                 mask = torch.zeros(r, plan.units, dtype=torch.bool)
                 for i, units in enumerate(lists):
                     mask[i, units] = True
-                edits[plan.name] = lambda h, mask=mask, v=plan.values: apply_clamp(h, mask, v)
+                keep, fill = clamp_factors(mask.to(self.device), plan.values)
+                edits[plan.name] = lambda h, k=keep, f=fill: clamp_with(
+                    h, k.to(h.dtype), None if f is None else f.to(h.dtype))
             else:
                 proj = torch.stack(
                     [projection_matrix(plan.basis, u) if u else torch.zeros(plan.units, plan.units) for u in lists]
-                )
-                edits[plan.name] = lambda h, p=proj, c=plan.center: apply_projection(h, p, c)
+                ).to(self.device)
+                center = None if plan.center is None else plan.center.to(self.device)
+                edits[plan.name] = lambda h, p=proj, c=center: apply_projection(h, p, c)
         return edits
 
     def _run_replicas(self, plans, configs):
@@ -79,8 +83,7 @@ class HookEvaluator(ReferenceEvaluator):
         correct = np.zeros(r, dtype=np.int64)
         loss = np.zeros(r)
         with edit_outputs(self.model, self._replica_edits(plans, configs), self.unit_dims):
-            for x, y in self.batches:
-                y = y.to(self.device)
+            for x, y in self.device_batches():
                 logits = self._replica_logits(x, y, r)
                 for i in range(r):
                     c, lo = score(logits[i], y)
@@ -128,8 +131,7 @@ class HookEvaluator(ReferenceEvaluator):
                 r = len(scales)
                 specs = {name: NoiseSpec(plan.sigmas[i], scales, key=plan.key(rep, i)) for i, name in enumerate(plan.names)}
                 start = 0
-                for x, y in self.batches:
-                    y = y.to(self.device)
+                for x, y in self.device_batches():
                     with noise(self.model, specs, start=start, unit_dims=self.unit_dims):
                         logits = self._replica_logits(x, y, r)
                     for i in range(r):

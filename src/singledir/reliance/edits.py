@@ -10,9 +10,9 @@ Offers:
   clamp values (``h * keep + fill``), optionally per *replica* (configurations stacked along the batch).
 - :class:`ProjectSpec`, :func:`apply_projection` -- ``h - P (h - center)``: ablate a subspace of the unit
   space (random directions).
-- :class:`NoiseSpec`, :func:`example_noise`, :func:`apply_noise`, :data:`NOISE_BLOCK` -- Gaussian noise
-  ``scale * sigma_j * z`` whose draw depends only on (key, example index), never on batching.
-- :func:`clear_noise_seed_cache` -- forget the cached seeds of noise blocks.
+- :class:`NoiseSpec`, :func:`example_noise`, :func:`apply_noise` -- Gaussian noise ``scale * sigma_j * z``
+  whose draw depends only on (key, example index, unit), never on batching, drawn where the activations
+  are by a counter-based generator (the same numbers on every device up to float32 rounding).
 - :func:`as_edit` -- a ClampSpec / ProjectSpec / list of unit indices as an edit function ``h -> h'``.
 - :func:`unit_shape` -- the broadcast shape of a per-unit vector against an activation.
 
@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,6 @@ import torch
 from singledir.errors import SingledirError
 
 __all__ = [
-    "NOISE_BLOCK",
     "ClampSpec",
     "NoiseSpec",
     "ProjectSpec",
@@ -42,10 +40,10 @@ __all__ = [
     "apply_noise",
     "apply_projection",
     "as_edit",
-    "clear_noise_seed_cache",
     "clamp_factors",
     "clamp_with",
     "example_noise",
+    "noise_keys",
     "unit_shape",
 ]
 
@@ -81,14 +79,18 @@ class ClampSpec:
 
 
 def clamp_factors(mask: torch.Tensor, values, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(keep, fill)`` for :func:`apply_clamp`: keep = 1 - mask, fill = values where masked (None if 0)."""
+    """``(keep, fill)`` for :func:`apply_clamp`: keep = 1 - mask, fill = values where masked (None if every
+    clamp value is 0). Both are made on ``mask``'s device (``values`` may be on the CPU: they are moved);
+    no value of a device tensor is read by the host."""
     keep = (~mask).to(dtype)
     if not isinstance(values, torch.Tensor):
         if float(values) == 0.0:
             return keep, None
-        values = torch.full(mask.shape[-1:], float(values))
-    fill = torch.where(mask, values.to(dtype), torch.zeros((), dtype=dtype))
-    return keep, (None if not bool(fill.any()) else fill)
+        values = torch.full(mask.shape[-1:], float(values), dtype=dtype, device=mask.device)
+    elif values.device.type == "cpu" and not bool(values.ne(0).any()):  # a host read of host values: free
+        return keep, None
+    fill = torch.where(mask, values.to(device=mask.device, dtype=dtype), torch.zeros((), dtype=dtype, device=mask.device))
+    return keep, fill
 
 
 def apply_clamp(h: torch.Tensor, mask: torch.Tensor, values: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -182,50 +184,117 @@ def as_edit(spec, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 # --------------------------------------------------------------------------------------------------
 # Noise
 # --------------------------------------------------------------------------------------------------
-#: Examples per noise block: the noise of example i comes from block i // NOISE_BLOCK, drawn from a
-#: generator seeded by (seed, repeat, layer key, block) -- independent of how the data is batched.
-NOISE_BLOCK = 32
+_M32 = 0xFFFF_FFFF
+_TWO_PI = 6.283185307179586
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _block_seed_cached(key: tuple, block: int) -> int:
-    ss = np.random.SeedSequence([*key, block])
-    return int(ss.generate_state(1, dtype=np.uint64)[0]) & 0x7FFF_FFFF_FFFF_FFFF  # Python ints: NumPy 1.x too
+def _mix32_int(x: int) -> int:
+    """:func:`_mix32_` on one Python int (the same arithmetic; used for the stream keys and in tests)."""
+    x &= _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
 
 
-def clear_noise_seed_cache() -> None:
-    """Forget the cached noise-block seeds (benchmarks time each path from a cold cache)."""
-    _block_seed_cached.cache_clear()
+def _i32(v: int) -> int:
+    """The int32 with the bits of the 32-bit unsigned ``v``."""
+    v &= _M32
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
-def _block_seed(key: Sequence[int], block: int) -> int:
-    """The generator seed of noise block ``block`` of stream ``key`` (cached: a SeedSequence costs ~0.1 ms,
-    and every scale of a repeat, and every path, asks for the same seeds)."""
-    return _block_seed_cached(tuple(int(k) for k in key), int(block))
+_MUL1, _MUL2 = _i32(0x7FEB352D), _i32(0x846CA68B)
+
+
+def _mix32_(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash ("lowbias32", C. Wellons), in place on an int32 tensor, bit for bit
+    :func:`_mix32_int` on the unsigned values with the same bits.
+
+    int32 arithmetic (3x the throughput of int64 on the CPU): ``>>`` of a negative int32 shifts in ones,
+    so each shift is masked to a logical one; products wrap modulo 2^32 (two's complement, as torch's
+    int32 multiplication does on the CPU and on CUDA), which is what the hash needs.
+    """
+    x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+    x.mul_(_MUL1)
+    x.bitwise_xor_((x >> 15).bitwise_and_(0x1FFFF))
+    x.mul_(_MUL2)
+    x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+    return x
+
+
+def noise_keys(key: Sequence[int]) -> tuple[int, int, int, int]:
+    """Four 32-bit words derived from a noise stream's ``key`` (e.g. (seed, repeat, layer index))."""
+    h = 0x9E3779B9
+    for k in key:
+        k = int(k)
+        h = _mix32_int(h ^ _mix32_int((k & _M32) ^ _mix32_int((k >> 32) & _M32 ^ 0x632BE5AB)))
+    out, w = [], h
+    for salt in (0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F, 0x165667B1):
+        w = _mix32_int(w ^ salt)
+        out.append(w)
+    return tuple(out)
 
 
 def example_noise(
-    shape: Sequence[int], start: int, stop: int, key: Sequence[int], dtype=torch.float32
+    shape: Sequence[int],
+    start: int,
+    stop: int,
+    key: Sequence[int],
+    dtype=torch.float32,
+    device=None,
+    colmajor: bool = False,
 ) -> torch.Tensor:
-    """Standard normal noise for examples ``start .. stop-1``, each of per-example ``shape``.
+    """Standard normal noise for examples ``start .. stop-1``, each of per-example ``shape``, drawn on
+    ``device`` (the CPU by default) by a counter-based generator: no generator state, no host work.
 
-    Example i's noise depends only on ``key`` (e.g. (seed, repeat, layer index)) and ``i``: blocks of
-    :data:`NOISE_BLOCK` examples are drawn from generators seeded by (key, block), so any batching of the
-    data gives the same noise for the same example. Whole blocks are drawn straight into the result.
+    Value ``j`` (flat index into ``shape``) of example ``i`` is a pure function of (``key``, ``i``, ``j``),
+    so any batching of the data, any chunking and any device give the same noise for the same example:
+
+    - integer part (bit for bit the same on every device): ``a_i = mix(mix(i ^ k0) ^ k1)``,
+      ``b_p = mix(p ^ k2)``, ``x = mix(a_i ^ b_p)``, ``x' = mix(x ^ k3)`` with the 32-bit hash
+      :func:`_mix32_` and the stream's words ``k0..k3`` (:func:`noise_keys`); pair ``p`` of ``P = ceil(D/2)``
+      (``D`` values per example);
+    - float part (float32, Box-Muller): ``u = (x >> 8) + 0.5) / 2^24``, ``u' = ((x' >> 8) + 0.5) / 2^24``,
+      ``r = sqrt(-2 log u)``; value ``p`` is ``r cos(2 pi u')`` and value ``P + p`` is ``r sin(2 pi u')``.
+      ``log``, ``sqrt``, ``cos`` and ``sin`` are correctly rounded to within a few float32 ulps on every
+      device, not bit for bit: the same noise *up to float32 rounding* (relative ~1e-6) on CPU and GPU.
+
+    The result is computed in float32 and returned in ``dtype``. ``colmajor=True`` (a 1-D per-example
+    ``shape`` only) returns an (n, D) tensor stored column-major (``.t()`` of a contiguous (D, n)), the
+    layout of the fx path's walks, without a copy. Tails: ``|z| <= sqrt(2 ln 2^25) ~ 5.9``.
     """
     shape = tuple(int(s) for s in shape)
-    out = torch.empty((stop - start, *shape), dtype=dtype)
-    b0, b1 = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
-    for b in range(b0, b1 + 1):
-        gen = torch.Generator().manual_seed(_block_seed(key, b))
-        lo = max(start, b * NOISE_BLOCK) - b * NOISE_BLOCK
-        hi = min(stop, (b + 1) * NOISE_BLOCK) - b * NOISE_BLOCK
-        dst = out[b * NOISE_BLOCK + lo - start : b * NOISE_BLOCK + hi - start]
-        if lo == 0 and hi == NOISE_BLOCK:
-            torch.randn((NOISE_BLOCK, *shape), generator=gen, dtype=dtype, out=dst)
-        else:
-            dst.copy_(torch.randn((NOISE_BLOCK, *shape), generator=gen, dtype=dtype)[lo:hi])
-    return out
+    n = int(stop) - int(start)
+    d = 1
+    for s in shape:
+        d *= s
+    if int(stop) > 1 << 31:
+        raise SingledirError(f"noise for example indices >= 2^31 is not supported (got stop={stop})")
+    k0, k1, k2, k3 = (_i32(k) for k in noise_keys(key))
+    pairs = (d + 1) // 2
+    i = torch.arange(int(start), int(stop), dtype=torch.int32, device=device)
+    a = _mix32_(_mix32_(i.bitwise_xor_(k0)).bitwise_xor_(k1))
+    b = _mix32_(torch.arange(pairs, dtype=torch.int32, device=device).bitwise_xor_(k2))
+    colmajor = colmajor and len(shape) == 1
+    x = torch.bitwise_xor(b.unsqueeze(1), a) if colmajor else torch.bitwise_xor(a.unsqueeze(1), b)
+    _mix32_(x)
+    x2 = _mix32_(torch.bitwise_xor(x, k3))
+    # u in (0, 1) from the top 24 bits (exact in float32); r = sqrt(-2 log u), theta = 2 pi u'
+    r = (x >> 8).bitwise_and_(0xFFFFFF).to(torch.float32).add_(0.5).mul_(2.0**-24).log_().mul_(-2.0).sqrt_()
+    theta = x2.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(torch.float32).add_(0.5).mul_(_TWO_PI * 2.0**-24)
+    if colmajor:
+        z = torch.empty((2 * pairs, n), dtype=torch.float32, device=device)
+        torch.mul(torch.cos(theta), r, out=z[:pairs])
+        torch.mul(theta.sin_(), r, out=z[pairs:])
+        z = z[:d].t()
+        return z if dtype == torch.float32 else z.t().to(dtype).t()
+    z = torch.empty((n, 2 * pairs), dtype=torch.float32, device=device)
+    torch.mul(torch.cos(theta), r, out=z[:, :pairs])
+    torch.mul(theta.sin_(), r, out=z[:, pairs:])
+    if 2 * pairs != d:
+        z = z[:, :d].contiguous()
+    return z.to(dtype).reshape(n, *shape)
 
 
 def apply_noise(h: torch.Tensor, z: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -248,7 +248,7 @@ def noise(model: nn.Module, specs: Mapping[str, NoiseSpec], start: int = 0,
         def edit(h):
             n = h.shape[0] // spec.replicas
             batch["n"] = n
-            z = example_noise(h.shape[1:], ctl.start, ctl.start + n, spec.key, dtype=h.dtype).to(h.device)
+            z = example_noise(h.shape[1:], ctl.start, ctl.start + n, spec.key, dtype=h.dtype, device=h.device)
             return apply_noise(h, z, spec.std)
 
         return edit

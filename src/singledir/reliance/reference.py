@@ -4,7 +4,7 @@ Offers :class:`ReferenceEvaluator` (``method="reference"``). It is deliberately 
 ablation level, every single-unit ablation and every noise scale it installs the edits of
 :mod:`.plan` as forward hooks and runs the whole model over the data batches -- so that it is obviously
 right; the fast paths (:mod:`.fast`, :mod:`.batched`) are tested against it. Inputs go to the model's
-device through :class:`~.inputs.ModelInput`.
+device through :class:`~.inputs.ModelInput`, once (kept there when they fit ``DEFAULT_MEMORY_BUDGET``).
 
 All evaluators share this interface (counts are summed over the data, losses are summed cross-entropy):
 
@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from singledir.reliance.edits import NoiseSpec
 from singledir.reliance.hooks import edit_outputs, noise
 from singledir.reliance.inputs import ModelInput
-from singledir.reliance.plan import check_logits, score
+from singledir.reliance.fast.layout import nbytes
+from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET, check_logits, score
 
 __all__ = ["ReferenceEvaluator"]
 
@@ -41,16 +42,28 @@ class ReferenceEvaluator:
         self.device = self.feed.device
         #: each layer's unit axis: the edits see the canonical layout (N, units, *positions)
         self.unit_dims = {p.name: p.unit_dim for p in plans}
+        self._on_device = None
+
+    def device_batches(self) -> list:
+        """The batches on the model's device (and dtype), sent once and kept when they fit
+        ``DEFAULT_MEMORY_BUDGET``; else sent per use (a generator)."""
+        if self._on_device is not None:
+            return self._on_device
+        size = sum(nbytes(x) + nbytes(y) for x, y in self.batches)
+        moved = ((self.feed(x), y.to(self.device)) for x, y in self.batches)
+        if size <= DEFAULT_MEMORY_BUDGET:
+            self._on_device = list(moved)
+            return self._on_device
+        return moved
 
     def logits(self, x, y):
-        """The checked logits of the model on the inputs ``x`` (fed here) for the labels ``y``."""
-        return check_logits(self.feed.logits(self.model, self.feed(x)), y)
+        """The checked logits of the model on the inputs ``x`` (already on the device) for the labels ``y``."""
+        return check_logits(self.feed.logits(self.model, x), y)
 
     def _run(self, edits: dict) -> tuple[int, float]:
         correct, loss = 0, 0.0
         with edit_outputs(self.model, edits, self.unit_dims):
-            for x, y in self.batches:
-                y = y.to(self.device)
+            for x, y in self.device_batches():
                 c, lo = score(self.logits(x, y), y)
                 correct += c
                 loss += lo
@@ -102,8 +115,7 @@ class ReferenceEvaluator:
                     }
                     c_sum, l_sum = 0, 0.0
                     with noise(self.model, specs, unit_dims=self.unit_dims):
-                        for x, y in self.batches:
-                            y = y.to(self.device)
+                        for x, y in self.device_batches():
                             c, lo = score(self.logits(x, y), y)
                             c_sum += c
                             l_sum += lo

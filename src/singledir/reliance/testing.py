@@ -354,8 +354,9 @@ def compare_noise(model, data, result, reference, *, batch_size=None, memory_bud
 
                 def make(li, std, pos=pos):
                     def edit(h):  # the float32 draw of every path, widened for the float64 model
-                        z = example_noise(h.shape[1:], pos["start"], pos["start"] + h.shape[0], plan.key(r, li))
-                        return apply_noise(h, z.to(h.device, h.dtype), std)
+                        z = example_noise(h.shape[1:], pos["start"], pos["start"] + h.shape[0], plan.key(r, li),
+                                          device=h.device)
+                        return apply_noise(h, z.to(h.dtype), std)
 
                     return edit
 

@@ -12,8 +12,8 @@ for its speed tricks beside its code:
   accumulators.
 - :mod:`.scoring` -- per-example and batched scoring of logits.
 - :mod:`.noise` -- noise curves: root linear consumers updated by one scaled term per noise scale.
-- :mod:`.threads` -- the walks' own intra-op thread count (one thread unless convolutions are
-  recomputed), the caller's restored afterwards.
+- :mod:`.pool` -- example chunks walked by a pool of threads, as many as the caller's torch threads
+  (never changed: no process-wide thread setting is touched).
 """
 
 from singledir.reliance.fast.evaluator import FastEvaluator

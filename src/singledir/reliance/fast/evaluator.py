@@ -1,9 +1,9 @@
 """The fx fast path's evaluator: the traced model split into a cached prefix and a rest run node by node.
 
-Offers :class:`FastEvaluator` (``method="fast"``; ``"auto"`` when the model traces) and
-:func:`example_chunks`. It implements the evaluator interface of :mod:`singledir.reliance.reference`
-(``base``, ``cumulative``, ``singles``, ``noise``) and gives the reference's numbers up to float
-rounding inside the network (see :func:`singledir.reliance.testing.compare_curves` for what "equal" means).
+Offers :class:`FastEvaluator` (``method="fast"``; ``"auto"`` when the model traces). It implements the
+evaluator interface of :mod:`singledir.reliance.reference` (``base``, ``cumulative``, ``singles``,
+``noise``) and gives the reference's numbers up to float rounding inside the network (see
+:func:`singledir.reliance.testing.compare_curves` for what "equal" means).
 
 *Split* (:mod:`.graph`). The model is traced with a marker node after each analysed layer. Nodes that no
 marker reaches (the *prefix*: for the MLP's ``hidden.0`` the input flatten and the first Linear) compute
@@ -14,12 +14,13 @@ ablation applied at the markers by the very same edit function the reference ins
 level walk and its incremental updates are in :mod:`.walk`; the column-major layout, buffers and fusions
 in :mod:`.layout`; scoring in :mod:`.scoring`.
 
-*Chunks.* Example chunks are sized so that the recomputed state of one chunk stays cache-sized
-(``_CACHE_TARGET``) and everything held stays within ``memory_budget``.
+*Chunks.* Example chunks are sized so that the recomputed state of one chunk stays cache-sized on the CPU
+(``_CACHE_TARGET``), or fits a quarter of the free memory of a CUDA device, and everything held by the
+workers at once stays within ``memory_budget``; their number is a multiple of the workers (:mod:`.pool`).
 
 *Noise* (:mod:`.noise`) uses the same cached prefix, layout, buffers and batched scoring; its draws depend
-only on (seed, repeat, layer, example index), as in the reference. *Threads* (:mod:`.threads`): the walks
-run at their own intra-op thread count, the caller's restored afterwards.
+only on (seed, repeat, layer, example index, unit), as in the reference. *Threads* (:mod:`.pool`): chunks
+are walked by as many threads as the caller gives torch; the thread count is never changed.
 
 *Units on the last axis* (transformer MLP neurons): edits in the canonical layout, rank-1 updates of a
 Linear read-out at every position (:mod:`.walk`); their single-unit and noise passes use the batched hooks.
@@ -37,6 +38,7 @@ read earlier, and a traced graph that reproduces the model's output on a probe b
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -63,43 +65,27 @@ from singledir.reliance.fast.layout import (
     linear_colmajor,
     nbytes,
 )
-from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, example_scores, score_logits
+from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, check_total, example_scores, score_logits
 from singledir.reliance.fast.noise import noise_counts
-from singledir.reliance.fast.threads import torch_threads, walk_threads
+from singledir.reliance.fast.pool import chunk_workers, example_chunks, host_reads_free, map_chunks
 from singledir.reliance.fast.walk import ChainUpdates, LevelWalk, SingleAblation
 from singledir.reliance.inputs import ModelInput, check_finite
 from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET, check_logits
 
-__all__ = ["FastEvaluator", "example_chunks"]
+__all__ = ["FastEvaluator"]
 
 #: Target size of the per-level recomputed state of one example chunk (stays in the CPU's cache).
 _CACHE_TARGET = 16 << 20
 _MIN_CHUNK = 512
+#: What running the traced graph node by node raises when an op of the model cannot run that way (the model
+#: itself has just run on the same batch): an op given an argument of a type or layout it does not take.
+#: Anything else -- out of memory, a SingledirError, a KeyError / AttributeError / AssertionError of a bug in
+#: the engine -- propagates instead of becoming a silent fallback to the hook path.
+_CANNOT_RUN = (RuntimeError, TypeError, ValueError, NotImplementedError, IndexError)
+_NEVER_FALLBACK = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError, SingledirError)
 #: Linear layers with at most this many outputs run as a transposed GEMM even on row-major input.
 _NARROW_OUT = 16
 
-
-def example_chunks(batches, n: int):
-    """Yield ``(start, x, y)`` chunks of ``n`` consecutive examples across the batches, in order."""
-    buf_x, buf_y, have, start = [], [], 0, 0
-    for x, y in batches:
-        i = 0
-        while i < x.shape[0]:
-            take = min(n - have, x.shape[0] - i)
-            buf_x.append(x[i : i + take])
-            buf_y.append(y[i : i + take])
-            have += take
-            i += take
-            if have == n:
-                yield start, torch.cat(buf_x) if len(buf_x) > 1 else buf_x[0], torch.cat(buf_y) if len(
-                    buf_y
-                ) > 1 else buf_y[0]
-                start += have
-                buf_x, buf_y, have = [], [], 0
-    if have:
-        yield start, torch.cat(buf_x) if len(buf_x) > 1 else buf_x[0], torch.cat(buf_y) if len(buf_y) > 1 else buf_y[
-            0
-        ]
 
 class FastEvaluator:
     """Cached prefix, incremental linear consumers, level walk on cache-sized chunks (this module's docstring)."""
@@ -114,6 +100,10 @@ class FastEvaluator:
         self.budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
         self.feed = ModelInput(model)
         self.device = self.feed.device
+        #: chunks walked at once (:mod:`.pool`): the caller's torch threads on the CPU, 1 on a GPU
+        self.workers = chunk_workers(self.device)
+        #: row-sparse steps (:mod:`.walk`) need host reads of the changed rows: only where they are free
+        self.sparse_steps = host_reads_free(self.device)
         self.names = [p.name for p in plans]
         self.layer_index = {n: i for i, n in enumerate(self.names)}
         self.traced = trace_with_markers(model, self.names)
@@ -157,10 +147,9 @@ class FastEvaluator:
             if len(users) == 1 and users[0] in self.linear_nodes and users[0].args[0] is m:
                 self.folded_markers[m] = users[0]
         self.updates = ChainUpdates(self)
-        #: intra-op threads of the walks (None: the caller's; :mod:`.threads` says why and when 1)
-        self.threads = walk_threads(self.split)
         self._prefix_cache: dict = {}
         self._prefix_bytes = 0
+        self._prefix_lock = threading.Lock()
 
     # ---------------------------------------------------------------- set-up
 
@@ -266,15 +255,15 @@ class FastEvaluator:
         whether 2-D activations are kept column-major (:mod:`.layout`)."""
         x = self.feed(self.batches[0][0][:3])
         n = self.probe_n = x.shape[0]
+        ref = check_logits(self.model(x))  # the model's own errors (and out-of-memory) propagate as they are
         try:
             env = self.split.run_prefix(x)
             cache = dict(env)
             self.run_rest(env, self.split.rest)
-        except SingledirError:
-            raise
-        except Exception as exc:  # an op the node-by-node execution cannot run: use the hook path
+        except _CANNOT_RUN as exc:  # an op the node-by-node execution cannot run: use the hook path
+            if isinstance(exc, _NEVER_FALLBACK):
+                raise
             raise TraceFailed(f"running the traced graph failed: {type(exc).__name__}: {exc}") from exc
-        ref = check_logits(self.model(x))
         got = env[self.out_node]
         if not self._matches_model(got, ref):
             raise TraceFailed("the traced graph does not reproduce the model's output")
@@ -284,7 +273,9 @@ class FastEvaluator:
                 cenv = self.to_colmajor(cache)
                 self.run_rest(cenv, self.split.rest)
                 self.colmajor = self._matches_model(cenv[self.out_node], ref)
-            except Exception:  # an op of the model needs row-major 2-D tensors (e.g. .view): keep row-major
+            except RuntimeError as exc:  # an op of the model needs row-major 2-D tensors (e.g. .view)
+                if isinstance(exc, _NEVER_FALLBACK):
+                    raise
                 self.colmajor = False
         self.shapes = {k: tuple(v.shape) for k, v in env.items() if isinstance(v, torch.Tensor)}
         self.dtypes = {k: v.dtype for k, v in env.items() if isinstance(v, torch.Tensor)}
@@ -298,9 +289,26 @@ class FastEvaluator:
         peak = max((nbytes(v) for v in env.values()), default=0) / n
         per_example = self.bytes_per_example = cache + 3 * rest + 2 * acc + 2 * peak + 1
         self.rest_bytes = rest + acc
-        n_budget = max(1, int(self.budget // per_example))
-        n_cache = max(_MIN_CHUNK, int(_CACHE_TARGET // max(1.0, self.rest_bytes)))
-        self.chunk = min(n_budget, n_cache)
+        n_budget = max(1, int(self.budget // (per_example * self.workers)))
+        self.chunk = self._balanced(min(n_budget, self._device_chunk(per_example)))
+
+    def _device_chunk(self, per_example: float) -> int:
+        """Examples per chunk the device favours. CPU: the recomputed state of a chunk stays in the cache
+        (``_CACHE_TARGET``; the walks are memory-bandwidth bound). CUDA: as many as a quarter of the free
+        device memory holds (``torch.cuda.mem_get_info``): larger chunks, fewer kernel launches. Other
+        devices: the CPU rule."""
+        if self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            return max(_MIN_CHUNK, int(free // 4 // per_example))
+        return max(_MIN_CHUNK, int(_CACHE_TARGET // max(1.0, self.rest_bytes)))
+
+    def _balanced(self, chunk: int) -> int:
+        """``chunk`` lowered so that the chunks are of about equal size and their number is a multiple of
+        the workers (two workers and three chunks would leave one worker idle a third of the time)."""
+        total = sum(int(b[1].shape[0]) for b in self.batches)
+        count = max(1, math.ceil(total / chunk))
+        count = self.workers * math.ceil(count / self.workers) if total >= self.workers else count
+        return max(1, math.ceil(total / count))
 
     def _last_axis_chain_ok(self, ch) -> bool:
         """A marker with units on its last axis read directly by a Linear over that axis (the down-projection
@@ -372,9 +380,10 @@ class FastEvaluator:
             return dict(hit[1])
         cache = self.split.run_prefix(self.feed(x))
         size = sum(nbytes(v) for v in cache.values())
-        if self._prefix_bytes + size <= self.budget // 4:
-            self._prefix_cache[start] = (x.shape[0], cache)
-            self._prefix_bytes += size
+        with self._prefix_lock:  # chunks run in worker threads (:mod:`.pool`)
+            if self._prefix_bytes + size <= self.budget // 4:
+                self._prefix_cache[start] = (x.shape[0], cache)
+                self._prefix_bytes += size
         return dict(cache)
 
     def base_env(self, start, x, colmajor: bool | None = None):
@@ -389,24 +398,29 @@ class FastEvaluator:
         return env
 
     # ---------------------------------------------------------------- evaluator interface
+    def map_chunks(self, fn) -> list:
+        """``fn(start, x, y)`` for every example chunk, ``self.workers`` chunks at once (:mod:`.pool`)."""
+        return map_chunks(lambda c: fn(*c), self.chunks(), self.workers)
+
     def base(self):
-        correct, loss = 0, 0.0
-        for start, x, y in self.chunks():
+        def one(start, x, y):
             env = self.base_env(start, x)
-            c, lo = score_logits(env[self.out_node], y.to(self.device))
-            correct += c
-            loss += lo
-        return correct, loss
+            return score_logits(env[self.out_node], y.to(self.device))
+
+        parts = self.map_chunks(one)
+        return sum(c for c, _ in parts), sum(lo for _, lo in parts)
 
     def cumulative(self, curves, watch=None):
         """``watch``: optional set of ``(curve index, level index)``; the logits of those levels are kept,
-        concatenated over chunks, in ``self.watched`` (for :mod:`singledir.reliance.testing`). The prefix
-        runs at the caller's thread count, the walks at ``self.threads`` (:mod:`.threads`)."""
-        res = [(np.zeros(len(c.levels), dtype=np.int64), np.zeros(len(c.levels))) for c in curves]
-        self.watched = {key: [] for key in (watch or ())}
+        concatenated over chunks, in ``self.watched`` (for :mod:`singledir.reliance.testing`). Chunks are
+        walked ``self.workers`` at a time (:mod:`.pool`)."""
+        watch = set(watch or ())
         total = self.nchunks() * sum(len(c.levels) for c in curves)
         with tqdm(total=total, desc="ablation", disable=not self.progress, leave=False) as bar:
-            for start, x, y in self.chunks():
+
+            def one(start, x, y):
+                res = [(np.zeros(len(c.levels), dtype=np.int64), np.zeros(len(c.levels))) for c in curves]
+                watched = {key: [] for key in watch}
                 y = y.to(self.device)
                 base_env = self.base_env(start, x)
                 base_scores = example_scores(base_env[self.out_node], y)
@@ -416,18 +430,26 @@ class FastEvaluator:
                     out = base_env[self.out_node]
                     size = max(1, min(32, SCORE_RING // max(1, out.numel() * out.element_size())))
                     queue = ScoreQueue(y, out.shape[1], out.dtype, size)
-                with torch_threads(self.threads):
-                    for ci, curve in enumerate(curves):
-                        self._walk(ci, curve, LevelWalk(self, base_env, curve.plans, bufs), base_scores, y, queue,
-                                   res[ci])
-                        bar.update(len(curve.levels))
-        self.watched = {key: torch.cat(v) for key, v in self.watched.items()}
+                for ci, curve in enumerate(curves):
+                    walk = LevelWalk(self, base_env, curve.plans, bufs)
+                    self._walk(ci, curve, walk, base_scores, y, queue, res[ci], watched)
+                    bar.update(len(curve.levels))
+                return res, watched
+
+            parts = self.map_chunks(one)
+        res = [(np.zeros(len(c.levels), dtype=np.int64), np.zeros(len(c.levels))) for c in curves]
+        for part, _w in parts:  # summed in chunk order: the same totals for any number of workers
+            for (c, lo), (pc, plo) in zip(res, part):
+                c += pc
+                lo += plo
+        self.watched = {key: torch.cat([t for _p, w in parts for t in w[key]]) for key in watch}
         return res
 
-    def _walk(self, ci, curve, walk, base_scores, y, queue, res) -> None:
+    def _walk(self, ci, curve, walk, base_scores, y, queue, res, watched) -> None:
         """Walk one curve's levels on one chunk, adding each level's (correct, loss) to ``res``."""
         cv, lv = base_scores[0].clone(), base_scores[1].clone()
         k = 0
+        pending = []  # per-level (correct, loss) tensors of row-major walks, read once at the end
         for i, level in enumerate(curve.levels):
             if level > k:
                 r = walk.advance(curve.units_between(k, level))
@@ -439,13 +461,16 @@ class FastEvaluator:
                         cv.index_copy_(0, r[0], c_r)
                         lv.index_copy_(0, r[0], l_r)
                 k = level
-            if (ci, i) in self.watched:
-                self.watched[(ci, i)].append(walk.env[self.out_node].clone())
+            if (ci, i) in watched:
+                watched[(ci, i)].append(walk.env[self.out_node].clone())
             if queue is not None:
                 queue.push(walk.env[self.out_node], i)
             else:
-                res[0][i] += int(cv.sum())
-                res[1][i] += float(lv.sum())
+                pending.append(torch.stack([cv.sum(dtype=torch.float64), lv.sum()]))
+        if pending:  # one host read for the whole walk, not one per level
+            for i, (c, lo) in enumerate(torch.stack(pending).tolist()):
+                res[0][i] += int(c)
+                res[1][i] += check_total(lo)
         if queue is not None:
             for i, c, lo in queue.flush():
                 res[0][i] += c
@@ -461,37 +486,46 @@ class FastEvaluator:
         """``watch``: optional set of indices into ``units`` whose logits are kept in ``self.watched``."""
         if self.other_axis and watch is None:
             return self._hooks().singles(plans, units)
-        correct = np.zeros(len(units), dtype=np.int64)
-        loss = np.zeros(len(units))
-        self.watched = {key: [] for key in (watch or ())}
+        watch = set(watch or ())
         with tqdm(total=self.nchunks() * len(units), desc="importance", disable=not self.progress, leave=False) as bar:
-            for start, x, y in self.chunks():
+
+            def one(start, x, y):
+                watched = {key: [] for key in watch}
                 y = y.to(self.device)
                 base_env = self.base_env(start, x, colmajor=False)  # row-major (this module's docstring)
                 base_cv, base_lv = example_scores(base_env[self.out_node], y)
-                base_c, base_l = int(base_cv.sum()), float(base_lv.sum())
+                base = torch.stack([base_cv.sum(dtype=torch.float64), base_lv.sum()])
                 single = SingleAblation(self, base_env, plans)
-                with torch_threads(self.threads):
-                    for i, (li, u) in enumerate(units):
-                        rows, out = single.run(li, u)
-                        if rows is None:
-                            c, lo = score_logits(out, y)
-                        else:
-                            c_r, l_r = example_scores(out, y.index_select(0, rows))
-                            c = base_c - int(base_cv.index_select(0, rows).sum()) + int(c_r.sum())
-                            lo = base_l - float(base_lv.index_select(0, rows).sum()) + float(l_r.sum())
-                        correct[i] += c
-                        loss[i] += lo
-                        if i in self.watched:
-                            full = out.clone() if rows is None else base_env[self.out_node].clone().index_copy_(0, rows, out)
-                            self.watched[i].append(full)
-                        bar.update(1)
-        self.watched = {key: torch.cat(v) for key, v in self.watched.items()}
+                totals = []  # per unit (correct, loss) as a device tensor: one host read per chunk
+                for i, (li, u) in enumerate(units):
+                    rows, out = single.run(li, u)
+                    if rows is None:
+                        cv, lv = example_scores(out, y)
+                        t = torch.stack([cv.sum(dtype=torch.float64), lv.sum()])
+                    else:
+                        c_r, l_r = example_scores(out, y.index_select(0, rows))
+                        t = base + torch.stack([
+                            c_r.sum(dtype=torch.float64) - base_cv.index_select(0, rows).sum(dtype=torch.float64),
+                            l_r.sum() - base_lv.index_select(0, rows).sum()])
+                    totals.append(t)
+                    if i in watched:
+                        full = out.clone() if rows is None else base_env[self.out_node].clone().index_copy_(0, rows, out)
+                        watched[i].append(full)
+                    bar.update(1)
+                return torch.stack(totals).cpu().numpy(), watched
+
+            parts = self.map_chunks(one)
+        correct = np.zeros(len(units), dtype=np.int64)
+        loss = np.zeros(len(units))
+        for t, _w in parts:
+            correct += np.rint(t[:, 0]).astype(np.int64)
+            loss += t[:, 1]
+        check_total(float(loss.sum()))
+        self.watched = {key: torch.cat([t for _t, w in parts for t in w[key]]) for key in watch}
         return correct, loss
 
     def noise(self, plan, watch=None):
         """Noise curves (:mod:`.noise`); ``watch``: ``(repeat, scale index)`` pairs kept in ``self.watched``."""
         if self.other_axis and watch is None:
             return self._hooks().noise(plan)
-        with torch_threads(self.threads):
-            return noise_counts(self, plan, watch)
+        return noise_counts(self, plan, watch)

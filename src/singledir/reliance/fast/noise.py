@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from singledir.reliance.edits import NoiseSpec, apply_noise, example_noise, unit_shape
 from singledir.reliance.fast.graph import run_node
-from singledir.reliance.fast.layout import buffer, colmajor_copy, is_colmajor, linear_colmajor
-from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, score_logits
+from singledir.reliance.fast.layout import buffer, is_colmajor, linear_colmajor
+from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, check_total, example_scores
 
 __all__ = ["noise_counts"]
 
@@ -52,6 +52,20 @@ def _consumer_delta(ev, ch, env, d):
     return fconv(d, w, None, conv.stride, conv.padding, conv.dilation)
 
 
+class _OnDevice:
+    """A per-unit vector, sent once to each (device, dtype) it is used with, shaped to broadcast."""
+
+    def __init__(self, v: torch.Tensor):
+        self.v, self.cache = v, {}
+
+    def get(self, h: torch.Tensor) -> torch.Tensor:
+        key = (h.device, h.dtype, h.ndim)
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self.cache[key] = self.v.to(dtype=h.dtype, device=h.device).view(unit_shape(h))
+        return hit
+
+
 def noise_counts(ev, plan, watch=None):
     """``(correct[repeats, scales], loss_sum[repeats, scales])`` of :class:`~..plan.NoisePlan` ``plan``
     with ``ev`` (a :class:`~.evaluator.FastEvaluator`); ``watch``: ``(repeat, scale index)`` pairs whose
@@ -63,10 +77,18 @@ def noise_counts(ev, plan, watch=None):
     inc = frozenset(m for m, _ch in roots)
     dirty = frozenset(m for m in ev.split.markers if m not in inc)
     todo = ev.updates.todo(inc, dirty)[0] if inc else ev.split.rest
-    unit_sigma = [NoiseSpec(s, 1.0).std for s in plan.sigmas]
-    ev.watched = {key: [] for key in (watch or ())}
+    sigmas = [_OnDevice(NoiseSpec(s, 1.0).std) for s in plan.sigmas]
+    # per-unit stds of every (scale, layer), sent to the device once (not per configuration and chunk)
+    per_layer = [torch.stack([NoiseSpec(plan.sigmas[i], float(sc)).std for sc in plan.scales]).to(ev.device)
+                 for i in range(len(ev.names))]
+    stds_by_scale = [[per_layer[i][s] for i in range(len(ev.names))] for s in range(len(plan.scales))]
+    watch = set(watch or ())
     with tqdm(total=ev.nchunks() * shape[0] * shape[1], desc="noise", disable=not ev.progress, leave=False) as bar:
-        for start, x, y in ev.chunks():
+
+        def one(start, x, y):
+            correct = np.zeros(shape, dtype=np.int64)
+            loss = np.zeros(shape)
+            watched = {key: [] for key in watch}
             y = y.to(ev.device)
             n = x.shape[0]
             env0 = ev.base_env(start, x) if inc else ev.cached_prefix(start, x)
@@ -76,6 +98,7 @@ def noise_counts(ev, plan, watch=None):
             if ev.colmajor and n > 1:
                 size = max(1, min(32, SCORE_RING // max(1, n * out_shape[1] * 4)))
                 queue = ScoreQueue(y, out_shape[1], ev.dtypes[ev.out_node], size)
+            pending = []  # (repeat, scale, (correct, loss) tensor) of row-major logits: read once per chunk
             for r in range(plan.repeats):
                 zs: dict = {}  # z depends on (seed, repeat, layer, example index) only: shared by all scales
 
@@ -83,18 +106,18 @@ def noise_counts(ev, plan, watch=None):
                     key = (li, tuple(h.shape[1:]), is_colmajor(h))
                     z = zs.get(key)
                     if z is None:
-                        z = example_noise(h.shape[1:], start, start + n, plan.key(r, li), dtype=h.dtype).to(h.device)
-                        zs[key] = z = colmajor_copy(z) if key[2] else z
+                        z = zs[key] = example_noise(h.shape[1:], start, start + n, plan.key(r, li), dtype=h.dtype,
+                                                    device=h.device, colmajor=key[2])
                     return z
 
                 deltas = {}
                 for m, ch in roots:
                     li = ev.layer_index[ev.split.marker_layer[m]]
                     h = env0[m.args[0]]
-                    sig = unit_sigma[li].to(dtype=h.dtype, device=h.device).view(unit_shape(h))
+                    sig = sigmas[li].get(h)
                     deltas[ch.consumer] = _consumer_delta(ev, ch, env0, draw(li, h) * sig)
                 for s, scale in enumerate(plan.scales):
-                    stds = [NoiseSpec(plan.sigmas[i], float(scale)).std for i in range(len(ev.names))]
+                    stds = stds_by_scale[s]
 
                     def noise_fn(li, h, stds=stds, draw=draw):
                         return apply_noise(h, draw(li, h), stds[li])
@@ -104,19 +127,30 @@ def noise_counts(ev, plan, watch=None):
                         env[c] = torch.add(env0[c], d, alpha=float(scale), out=buffer(bufs, c, env0[c]))
                     ev.run_rest(env, todo, noise_fn=noise_fn, bufs=bufs)
                     logits = env[ev.out_node]
-                    if (r, s) in ev.watched:
-                        ev.watched[(r, s)].append(logits.clone())
+                    if (r, s) in watched:
+                        watched[(r, s)].append(logits.clone())
                     if queue is not None:
                         queue.push(logits, (r, s))
                     else:
-                        c, lo = score_logits(logits, y)
-                        correct[r, s] += c
-                        loss[r, s] += lo
+                        cv, lv = example_scores(logits, y)
+                        pending.append((r, s, torch.stack([cv.sum(dtype=torch.float64), lv.sum()])))
                     bar.update(1)
                 if queue is not None:
                     for (rr, ss), c, lo in queue.flush():
                         correct[rr, ss] += c
                         loss[rr, ss] += lo
-    ev.watched = {key: torch.cat(v) for key, v in ev.watched.items()}
+            if pending:
+                for (rr, ss, _t), (c, lo) in zip(pending, torch.stack([t for *_k, t in pending]).tolist()):
+                    correct[rr, ss] += int(c)
+                    loss[rr, ss] += check_total(lo)
+            return correct, loss, watched
+
+        parts = ev.map_chunks(one)
+    correct = np.zeros(shape, dtype=np.int64)
+    loss = np.zeros(shape)
+    for c, lo, _w in parts:  # summed in chunk order
+        correct += c
+        loss += lo
+    ev.watched = {key: torch.cat([t for *_cl, w in parts for t in w[key]]) for key in watch}
     return correct, loss
 

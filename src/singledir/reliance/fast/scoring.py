@@ -18,10 +18,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from singledir.errors import SingledirError
 from singledir.reliance.fast.layout import is_colmajor
+from singledir.reliance.fast.pool import host_reads_free
 from singledir.reliance.plan import score
 
-__all__ = ["SCORE_RING", "ScoreQueue", "example_scores", "score_logits"]
+__all__ = ["SCORE_RING", "ScoreQueue", "check_total", "example_scores", "score_logits"]
 
 #: Bytes of logits a column-major walk queues before scoring them (:class:`ScoreQueue`).
 SCORE_RING = 1 << 20
@@ -75,14 +77,14 @@ class ScoreQueue:
             for j, key in enumerate(self.pending):
                 c, lo = correct[j], loss[j]
                 if zeros[j] != self.n or not math.isfinite(lo):
-                    cv, lv = example_scores(self.ring[j].t(), self.y)
+                    cv, lv = example_scores(self.ring[j].t(), self.y, check=True)
                     c, lo = int(cv.sum()), float(lv.sum())
                 self.done.append((key, c, lo))
             self.pending.clear()
 
 
 
-def example_scores(logits, y):
+def example_scores(logits, y, check: bool | None = None):
     """Per-example (correct: bool, cross-entropy: float64) -- summed, the same numbers as ``score``.
 
     Column-major logits are scored with reductions that run along contiguous memory (``amax``,
@@ -90,29 +92,43 @@ def example_scores(logits, y):
     rule exactly: the prediction is the *first* class reaching the maximum, so rows where several classes
     tie at the maximum are decided by ``argmax`` itself. The loss ``logsumexp(l) - l_y`` is the
     cross-entropy up to float rounding (~1e-7 relative).
+
+    ``check`` (default: where host reads are free, :func:`~.pool.host_reads_free`): raise the one-line
+    error on a non-finite loss here; else the caller checks its totals (:func:`check_total`) -- on a GPU
+    without a host read per call.
     """
+    free = host_reads_free(logits.device)
     if is_colmajor(logits) and logits.is_floating_point():
         m = logits.amax(1)
         ly = logits.gather(1, y.unsqueeze(1)).squeeze(1)
         loss = (torch.logsumexp(logits, 1) - ly).to(torch.float64)
         correct = ly == m
         ties = (logits == m.unsqueeze(1)).sum(1) > 1
-        if bool(ties.any()):
+        if not free:  # no data-dependent branch: argmax decides every row that has tied maxima
+            correct = torch.where(ties, logits.argmax(1) == y, correct)
+        elif bool(ties.any()):
             rows = ties.nonzero().squeeze(1)
             correct[rows] = logits.index_select(0, rows).argmax(1) == y.index_select(0, rows)
     else:
         loss = F.cross_entropy(logits, y, reduction="none").to(torch.float64)
         correct = None
-    if not math.isfinite(float(loss.sum())):
+    if (free if check is None else check) and not math.isfinite(float(loss.sum())):
         score(logits.contiguous(), y)  # raises the one-line error
     return (logits.argmax(1) == y if correct is None else correct), loss
+
+
+def check_total(loss: float) -> float:
+    """``loss`` (a summed loss read by the host) if finite, else the one-line error of ``score``."""
+    if not math.isfinite(loss):
+        raise SingledirError("non-finite loss (NaN or inf); check the inputs and the model's weights")
+    return loss
 
 
 def score_logits(logits, y) -> tuple[int, float]:
     """``score`` (number correct, summed cross-entropy): the totals of :func:`example_scores`;
     column-major logits through a one-level :class:`ScoreQueue` (no per-example vectors)."""
     if not (is_colmajor(logits) and logits.is_floating_point()):
-        c, lo = example_scores(logits, y)
+        c, lo = example_scores(logits, y, check=True)
         return int(c.sum()), float(lo.sum())
     queue = ScoreQueue(y, logits.shape[1], logits.dtype, 1)
     queue.push(logits, None)

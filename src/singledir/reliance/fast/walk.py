@@ -33,7 +33,8 @@ Row-sparse steps: clamping unit u changes nothing for examples whose ``h_u`` alr
 value (post-ReLU zeros under a zero clamp); examples are independent in eval mode, so the nodes downstream
 are recomputed for the changed rows only (bitwise the same per-row results). Walks use them only when at
 most 30% of the rows change (they must write the rows back) and never column-major; single-unit
-ablations up to 70%.
+ablations up to 70%. Only where host reads are free (the CPU, :func:`~.pool.host_reads_free`): finding the
+changed rows (``nonzero``) would wait for the GPU at every step.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class ChainUpdates:
         self.ev = ev
         self._weights: dict = {}
         self._todo_cache: dict = {}
+        self._bases: dict = {}
 
     def weight(self, ch, plan):
         """Consumer weights per unit/direction: float64 (units, R, out) for Linear, float32 for conv."""
@@ -124,7 +126,11 @@ class ChainUpdates:
             return plan.direction_value(u) - (h @ q).unsqueeze(-1)
         if plan.basis is None:
             return plan.values[u].to(h.dtype) - h[:, u : u + 1]
-        q = plan.basis[:, u].to(dtype=h.dtype, device=h.device)
+        key = (id(plan), h.dtype, h.device)
+        basis = self._bases.get(key)
+        if basis is None:  # sent to the device once per plan, not per unit
+            basis = self._bases[key] = (plan.basis.to(dtype=h.dtype, device=h.device), plan)
+        q = basis[0][:, u]
         a = (h.movedim(1, -1) @ q).unsqueeze(1)
         return plan.direction_value(u) - a
 
@@ -258,7 +264,7 @@ class LevelWalk:
             self.counts[li] = len(self.edits[li].ablated)
         inc, dirty, todo, row_safe = up.classify(new, self.counts, plans)
         inputs = {}
-        if len(inc) == 1 and not dirty and row_safe and not ev.colmajor:
+        if len(inc) == 1 and not dirty and row_safe and not ev.colmajor and ev.sparse_steps:
             m, ch, li, units = inc[0]
             ds = inputs[m] = up.chain_inputs(ch, env, plans[li], units)
             rows, n = _changed_rows(ds)
@@ -354,7 +360,7 @@ class SingleAblation:
         counts[li] = 1
         inc, dirty, todo, row_safe = up.classify({li: [u]}, counts, plans)
         inputs = {}
-        if len(inc) == 1 and not dirty and row_safe:
+        if len(inc) == 1 and not dirty and row_safe and ev.sparse_steps:
             m, ch, lj, units = inc[0]
             ds = inputs[m] = up.chain_inputs(ch, env, plans[lj], units)
             rows, n = _changed_rows(ds)
