@@ -13,8 +13,9 @@ follow the preset):
 
 One by one = ``singledir.training.train`` with ``engine="reference", history_every=1``: torch.optim,
 training and test set evaluated after every epoch -- the path every run took before grouped training.
-Grouped = :func:`singledir.training.grouped.train_group` on ``--group`` networks (the runner's groups are
-up to 32), test set every ``history_every`` epochs (default 10). ConvNets are not stacked (see
+Grouped = :func:`singledir.training.grouped.train_group` on groups of ``--group`` networks (the runner's
+groups are up to 32). The two are interleaved: ``--single`` rounds of one network one by one, then one
+group, so that both see the same load, test set every ``history_every`` epochs (default 10). ConvNets are not stacked (see
 benchmarks/README.md for the grouped-convolution measurement); their grouped column is the same
 one-by-one path, so the ratio is ~1 by construction and printed for completeness.
 
@@ -72,39 +73,49 @@ def _configs(setting: str, n: int, args) -> list[dict]:
     raise SystemExit(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
 
 
-def _one_by_one(configs: list[dict], root: Path) -> tuple[float, list[dict]]:
-    t0 = time.perf_counter()
-    finals = []
-    for i, c in enumerate(configs):
-        run = train(dict(c, engine="reference", history_every=1), root / f"ref{i}", progress=False)
-        finals.append(run.final)
-    return time.perf_counter() - t0, finals
+def _one_by_one(config: dict, out: Path) -> dict:
+    return train(dict(config, engine="reference", history_every=1), out, progress=False).final
 
 
-def _grouped(configs: list[dict], root: Path, setting: str) -> tuple[float, list[dict]]:
-    t0 = time.perf_counter()
+def _grouped(configs: list[dict], root: Path, setting: str, first: int) -> list[dict]:
+    outs = [root / f"grp{first + i}" for i in range(len(configs))]
     if setting == "convnet":  # ConvNets are not stacked: the runner trains them one by one
-        finals = [train(c, root / f"grp{i}", progress=False).final for i, c in enumerate(configs)]
-    else:
-        runs = train_group(configs, [root / f"grp{i}" for i in range(len(configs))], progress=False)
-        finals = [r.final for r in runs]
-    return time.perf_counter() - t0, finals
+        return [train(c, o, progress=False).final for c, o in zip(configs, outs)]
+    return [r.final for r in train_group(configs, outs, progress=False)]
+
+
+def _interleaved(setting: str, configs: list[dict], n_single: int, n_group: int, root: Path):
+    """``n_single`` rounds, each one network one by one and then one group of ``n_group`` (load drifts on
+    these shared machines: interleaving puts both paths under the same load). Network ``i`` one by one has
+    the config of grouped network ``i`` (both in the first round), so their accuracies can be compared."""
+    t_single = t_group = 0.0
+    f_single, f_group = [], []
+    for r in range(n_single):
+        t0 = time.perf_counter()
+        f_single.append(_one_by_one(configs[r], root / f"ref{r}"))
+        t1 = time.perf_counter()
+        f_group += _grouped(configs[r * n_group:(r + 1) * n_group], root, setting, r * n_group)
+        t2 = time.perf_counter()
+        t_single += t1 - t0
+        t_group += t2 - t1
+    return t_single, f_single, t_group, f_group
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma list of " + ", ".join(SETTINGS))
-    ap.add_argument("--single", type=int, default=3, help="networks trained one by one per setting (default 3)")
-    ap.add_argument("--group", type=int, default=24, help="networks trained as one group per setting (default 24)")
+    ap.add_argument("--single", type=int, default=2,
+                    help="rounds per setting, each one network one by one then one group (default 2)")
+    ap.add_argument("--group", type=int, default=16, help="networks per group (default 16)")
     ap.add_argument("--corrupt-epochs", type=int, default=5)
     ap.add_argument("--conv-epochs", type=int, default=2)
     ap.add_argument("--tol", type=float, default=0.02, help="per-network test-accuracy tolerance (default 0.02)")
-    ap.add_argument("--quick", action="store_true", help="2 one-by-one and 12 grouped networks, no ConvNet")
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 1 one-by-one and 8 grouped networks, no ConvNet")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     if args.quick:
-        args.single, args.group = 2, 12
+        args.single, args.group = 2, 8
         settings = [s for s in settings if s != "convnet"]
     load = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (default), {os.cpu_count()} CPUs, "
@@ -120,14 +131,13 @@ def main(argv=None) -> int:
             n_group = 2 if setting == "convnet" else args.group
             if setting == "corrupt-w512":
                 n_group = max(6, n_group // 4)  # the claim's 6 levels (x seeds); 512 wide
-            configs = _configs(setting, max(n_single, n_group), args)
-            d = root / setting
-            t_single, f_single = _one_by_one(configs[:n_single], d)
-            t_group, f_group = _grouped(configs[:n_group], d, setting)
-            rate_s, rate_g = 60 * n_single / t_single, 60 * n_group / t_group
+            configs = _configs(setting, max(n_single, n_group) * n_single, args)
+            t_single, f_single, t_group, f_group = _interleaved(setting, configs, n_single, n_group, root / setting)
+            rate_s, rate_g = 60 * n_single / t_single, 60 * len(f_group) / t_group
             ratio = rate_g / rate_s
             print(f"{setting}: one-by-one {rate_s:.2f}/min, grouped {rate_g:.2f}/min, ratio {ratio:.2f}x "
-                  f"({n_single} networks in {t_single:.1f} s, {n_group} in {t_group:.1f} s)", flush=True)
+                  f"({n_single} networks in {t_single:.1f} s, {len(f_group)} in {t_group:.1f} s; interleaved in "
+                  f"{n_single} rounds)", flush=True)
             diffs = [g["test_acc"] - s["test_acc"] for s, g in zip(f_single, f_group)]
             epochs = [(s["epoch"], g["epoch"]) for s, g in zip(f_single, f_group)]
             worst = max(abs(x) for x in diffs)
@@ -137,7 +147,7 @@ def main(argv=None) -> int:
             print(f"  check: final test accuracy grouped - one-by-one per network "
                   f"{', '.join(f'{x:+.4f}' for x in diffs)} (epochs {epochs}); max |diff| {worst:.4f} "
                   f"<= {args.tol}, mean {mean:+.4f}: {'OK' if good else 'FAILED'}", flush=True)
-            results.append({"setting": setting, "single": n_single, "grouped": n_group, "single_s": t_single,
+            results.append({"setting": setting, "single": n_single, "grouped": len(f_group), "single_s": t_single,
                             "grouped_s": t_group, "single_per_min": rate_s, "grouped_per_min": rate_g,
                             "ratio": ratio, "test_acc_diffs": diffs, "epochs": epochs, "check_ok": good})
     load = os.getloadavg()
