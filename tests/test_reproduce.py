@@ -267,12 +267,12 @@ def test_run_names_are_deterministic_and_complete():
 
 
 def test_run_names_change_with_the_training_code(monkeypatch):
-    from singledir.experiments import runner
+    from singledir.experiments import codehash, runner
 
     a = dict(dataset="digits", model="mlp", width=32, epochs=3)
     before = run_name(a)
-    assert runner.training_code_hash() == runner._code_hash(runner._package_files(runner.TRAINING_CODE))
-    assert any(f.name == "grouped.py" for f in runner._package_files(runner.TRAINING_CODE))
+    assert runner.training_code_hash() == codehash._code_hash(codehash._package_files(codehash.TRAINING_CODE))
+    assert any(f.name == "grouped.py" for f in codehash._package_files(codehash.TRAINING_CODE))
     monkeypatch.setattr(runner, "training_code_hash", lambda: "another-engine")
     assert run_name(a) != before  # a run trained by other training code is never taken from the cache
 

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import singledir
+from singledir.experiments import codehash
 from singledir.experiments import runner as runner_mod
 from singledir.experiments.leases import read_journal
 from singledir.experiments.runner import Runner, journal_path
@@ -51,7 +52,7 @@ def test_analysis_cache_is_keyed_on_the_measurement_code_and_the_device(tmp_path
     # an edit to the measurement code (no version to bump by hand): computed again
     code = tmp_path / "measurement.py"
     code.write_text("X = 1\n")
-    monkeypatch.setattr(runner_mod, "MEASUREMENT_CODE", (*runner_mod.MEASUREMENT_CODE, str(code)))
+    monkeypatch.setattr(codehash, "MEASUREMENT_CODE", (*codehash.MEASUREMENT_CODE, str(code)))
     r.analyze(count_calls, dirs, dict(log=str(log)))
     assert len(_calls(log)) == 2 and r.analyses[-1]["cached"] is False
     r.analyze(count_calls, dirs, dict(log=str(log)))
@@ -74,7 +75,7 @@ def test_analysis_cache_is_keyed_on_the_measurement_code_and_the_device(tmp_path
 def test_measurement_code_hash_covers_the_reliance_package():
     import singledir.reliance
 
-    files = runner_mod._source_files(count_calls)
+    files = codehash._source_files(count_calls)
     root = Path(singledir.reliance.__file__).parent
     assert set(root.rglob("*.py")) <= set(files)
     assert Path(__file__).resolve() in files  # the analysis function's own module

@@ -1,9 +1,8 @@
 """The run cache and the job pool: train what is missing, analyse what is not cached, in parallel.
 
 - :func:`run_name` -- a deterministic directory name for a training config (readable prefix + hash).
-- :func:`measurement_code_hash` -- a hash of the source of the code that computes a measured number
-  (:data:`MEASUREMENT_CODE` plus the analysis function's own module) and of the numeric libraries'
-  versions: any edit to that code changes it, so a cached analysis made by other code is never reused.
+- analysis cache keys and run names include source hashes of the code behind them
+  (:mod:`.codehash`): any edit to that code changes them, so a result made by other code is never reused.
 - :class:`Runner` -- owns ``REPORT_DIR/runs`` and a backend (this process, a process pool, or Ray; see
   :mod:`.backends`):
 
@@ -33,7 +32,6 @@ Every training, resume and analysis is logged in ``runs/.journal/<name>.jsonl`` 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import inspect
 import json
@@ -48,18 +46,9 @@ from pathlib import Path
 import pandas as pd
 
 from singledir.experiments.backends import import_ray, make_backend
+from singledir.experiments.codehash import measurement_code_hash, training_code_hash
 from singledir.experiments.leases import Lease, journal
 from singledir.training.config import RUNTIME_SETTINGS
-
-# The code that determines a measured number, relative to the package folder: its source is hashed into
-# every analysis cache key (with the analysis function's own module), so no hand-bumped version can be
-# forgotten. Folders are read recursively (*.py).
-MEASUREMENT_CODE = ("reliance", "measures", "models", "data", "analysis", "devices.py", "training/rundir.py",
-                    "training/config.py")
-
-# The code whose edits can change a trained network's weights: its source hash is part of every run name.
-TRAINING_CODE = ("training/grouped.py", "training/loop.py", "training/data.py", "training/config.py", "models",
-                 "data")
 
 BUSY = "busy"  # a job found its lease held by another live worker
 
@@ -266,62 +255,6 @@ def _accepts_device(fn: Callable) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params)
-
-
-def _package_files(rels: Sequence[str]) -> list[Path]:
-    """The ``.py`` files under the package-relative paths ``rels`` (folders searched recursively)."""
-    import singledir
-
-    root = Path(singledir.__file__).resolve().parent
-    files: list[Path] = []
-    for rel in rels:
-        p = root / rel
-        files.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p] if p.is_file() else [])
-    return files
-
-
-def _source_files(fn: Callable) -> list[Path]:
-    files = _package_files(MEASUREMENT_CODE)
-    module = sys.modules.get(fn.__module__)
-    own = getattr(module, "__file__", None)
-    if own and Path(own).resolve() not in files:
-        files.append(Path(own).resolve())
-    return files
-
-
-def _code_hash(files: Sequence[Path]) -> str:
-    """sha256 (16 hex digits) of the source of ``files`` and of the torch / numpy / scipy / pandas versions."""
-    import numpy
-    import scipy
-    import torch
-
-    import singledir
-
-    h = hashlib.sha256()
-    root = Path(singledir.__file__).resolve().parent
-    for f in files:
-        name = f.relative_to(root).as_posix() if f.is_relative_to(root) else f.name
-        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
-    h.update(json.dumps({"torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
-                         "pandas": pd.__version__, "singledir": singledir.__version__}, sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
-def measurement_code_hash(fn: Callable) -> str:
-    """:func:`_code_hash` of :data:`MEASUREMENT_CODE` and ``fn``'s module: what, besides the run and the
-    params, makes ``fn``'s numbers.
-
-    Read from disk on every call (a few hundred kB), so an edit made while a process runs is seen too.
-    """
-    return _code_hash(_source_files(fn))
-
-
-@functools.lru_cache(maxsize=1)
-def training_code_hash() -> str:
-    """:func:`_code_hash` of :data:`TRAINING_CODE`: part of every run name, so a run trained by other
-    training code (another engine's arithmetic, another model definition, other data handling) is never
-    taken from the run cache. Read once per process."""
-    return _code_hash(_package_files(TRAINING_CODE))
 
 
 def _code_versions(fn: Callable) -> dict:

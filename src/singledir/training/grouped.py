@@ -47,6 +47,7 @@ from singledir.io import atomic_save_safetensors, atomic_torch_save, atomic_writ
 from singledir.training import rundir as rd
 from singledir.training.config import RUNTIME_SETTINGS, TrainConfig
 from singledir.training.data import load_data
+from singledir.training.stack import Stack, eval_group
 from singledir.training.loop import (
     _GLOBAL,
     _SHUFFLE,
@@ -66,10 +67,6 @@ __all__ = ["train_group", "group_key", "PER_NETWORK", "GroupMemberError"]
 PER_NETWORK = ("seed", "corrupt", "corrupt_method", "corrupt_seed", "lr", "weight_decay", "dropout", "epochs",
                "until_train_acc", "max_epochs", "checkpoints", "history_every", "eval_batch_size")
 
-# torch.optim.Adam's defaults (the reference engine uses them too)
-_BETAS, _EPS = (0.9, 0.999), 1e-8
-
-
 class GroupMemberError(RunDirError):
     """A member of a group cannot be set up (e.g. its resume state is unreadable); ``index`` says which."""
 
@@ -85,28 +82,6 @@ def group_key(config: TrainConfig | dict) -> str | None:
         return None
     d = {k: v for k, v in cfg.to_dict().items() if k not in PER_NETWORK}
     return json.dumps(d, sort_keys=True, default=str)
-
-
-# ---------------------------------------------------------------------------- the stacked layer
-class _StackedLinear(torch.autograd.Function):
-    """``x @ w + b`` over a leading network dimension, with every gradient a ``bmm`` (K-independent bits).
-
-    Hand-written backward: autograd's own backward of ``baddbmm`` sums the bias gradient with a
-    reduction over the batch, whose threading (and so its last bits) may depend on K.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w, b):  # x (K, B, I), w (K, I, O), b (K, 1, O)
-        ctx.save_for_backward(x, w)
-        return torch.baddbmm(b, x, w)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        gx = torch.bmm(g, w.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        gw = torch.bmm(x.transpose(1, 2), g)
-        gb = torch.bmm(g.new_ones(g.shape[0], 1, g.shape[1]), g)
-        return gx, gw, gb
 
 
 # ---------------------------------------------------------------------------- one network
@@ -270,168 +245,6 @@ def _linear_names(model: nn.Module) -> list[str]:
     return names
 
 
-# ---------------------------------------------------------------------------- the stack
-class _Stack:
-    """The training state of the active networks as stacked tensors (slot i is ``rows[i]``; >= 2 slots).
-
-    A group with one active network holds it twice: the second slot is a ghost whose results are never
-    written back (see the module docstring).
-    """
-
-    def __init__(self, members: list[_Member], device: torch.device) -> None:
-        self.members = members
-        self.rows = members if len(members) >= 2 else members * 2
-        self.real = len(members)  # slots [0, real) are written back
-        dev = device
-        rows = self.rows
-        st = lambda ts: torch.stack(ts).to(dev)  # noqa: E731
-        self.w = [st([m.w[i] for m in rows]).requires_grad_() for i in range(len(rows[0].w))]
-        self.b = [st([m.b[i] for m in rows]).requires_grad_() for i in range(len(rows[0].b))]
-        n = len(self.w) + len(self.b)
-        self.m = [st([r.m[i] for r in rows]) for i in range(n)]
-        self.v = [st([r.v[i] for r in rows]) for i in range(n)]
-        col = lambda vals: torch.tensor(vals, dtype=torch.float32, device=dev).reshape(-1, 1, 1)  # noqa: E731
-        self.lr = [r.cfg.lr for r in rows]
-        self.wd = col([r.cfg.weight_decay for r in rows])
-        self.any_wd = any(r.cfg.weight_decay for r in rows)
-        self.dropout = [r.cfg.dropout for r in rows]
-        self.y = torch.stack([r.ds.y_train for r in rows]).to(dev)  # (K, N) each network's labels
-        self.y_clean = torch.stack([r.clean_labels for r in rows]).to(dev)
-
-    def unstack(self) -> None:
-        """Write the stacked state back into the (real) members."""
-        for k, mem in enumerate(self.rows[: self.real]):
-            mem.w = [t[k].detach().cpu().clone() for t in self.w]
-            mem.b = [t[k].detach().cpu().clone() for t in self.b]
-            mem.m = [t[k].cpu().clone() for t in self.m]
-            mem.v = [t[k].cpu().clone() for t in self.v]
-
-    def params(self) -> list[torch.Tensor]:
-        return self.w + self.b
-
-    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
-        mem = self.rows[k]
-        sd = {}
-        for n, w, b in zip(mem.names, self.w, self.b):
-            sd[f"{n}.weight"] = w[k].detach().t().contiguous().cpu()
-            sd[f"{n}.bias"] = b[k].detach().reshape(-1).clone().cpu()
-        return sd
-
-    # -------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, masks: list[torch.Tensor | None] | None = None) -> torch.Tensor:
-        """Logits (K, B, C) of every slot for inputs ``x`` (K, B, D); ``masks``: dropout per hidden layer."""
-        h = x
-        last = len(self.w) - 1
-        for i, (w, b) in enumerate(zip(self.w, self.b)):
-            h = _StackedLinear.apply(h, w, b)
-            if i < last:
-                h = torch.relu(h)
-                if masks is not None and masks[i] is not None:
-                    h = h * masks[i]
-        return h
-
-    def dropout_masks(self, batch: int, device) -> list[torch.Tensor | None] | None:
-        """Per hidden layer a (K, B, W) mask (inverted dropout, as F.dropout); each network's own generator."""
-        if not any(self.dropout):
-            return None
-        out = []
-        for w in self.w[:-1]:
-            width = w.shape[2]
-            slabs, made = [], {}
-            for mem, p in zip(self.rows, self.dropout):
-                if id(mem) in made:  # the ghost reuses its original's mask (and leaves its generator alone)
-                    slabs.append(made[id(mem)])
-                    continue
-                if p > 0:
-                    mask = torch.empty(batch, width).bernoulli_(1.0 - p, generator=mem.gen).div_(1.0 - p)
-                else:
-                    mask = torch.ones(batch, width)
-                made[id(mem)] = mask
-                slabs.append(mask)
-            out.append(torch.stack(slabs).to(device))
-        return out
-
-    # -------------------------------------------------------------- optimizer
-    @torch.no_grad()
-    def update(self, optimizer: str, momentum: float) -> None:
-        """One optimizer step for every slot, with each network's own learning rate and weight decay.
-
-        ``torch.optim`` takes one learning rate per parameter group, and a group here is one stacked tensor
-        holding K networks: Adam calls torch's fused Adam kernel on each slot's slices (:meth:`_adam_step`);
-        SGD is hand-written over the stacked tensors with ``torch.optim.SGD``'s arithmetic (no nesterov), in
-        the same order of operations (the last bit may still differ where torch's kernels fuse a
-        multiply-add). Default betas and eps, no amsgrad. SGD's momentum buffer starts at zero, so its first step ``0 * momentum + d`` is
-        torch's ``buf = d.clone()`` exactly, and networks at different steps can share a stack.
-        """
-        if optimizer == "adam":
-            self._adam_step()
-        else:
-            lr = torch.tensor(self.lr, dtype=torch.float32, device=self.wd.device).reshape(-1, 1, 1)
-            for p, buf in zip(self.params(), self.m):
-                d = p.grad
-                if self.any_wd:
-                    d = d.add(p * self.wd)
-                if momentum:
-                    buf.mul_(momentum).add_(d)
-                    d = buf
-                p.sub_(lr * d)
-        for r in self.rows[: self.real]:  # a ghost is its original object: counted once
-            r.step += 1
-        for p in self.params():
-            p.grad = None
-
-    def _adam_step(self) -> None:
-        """Adam with torch's own fused kernel (``torch.optim.Adam(fused=True)``'s), one call per (lr, weight
-        decay) among the slots, each slot's slice of every stacked tensor its own parameter with its own step.
-
-        The kernel works tensor by tensor and element by element, so a network's numbers do not depend on
-        which slots share its stack. (A hand-written update over the stacked tensors cost ~5x more: eight
-        passes over the weights per step dominated training at batch size 32.)
-        """
-        groups: dict[tuple[float, float], list[int]] = {}
-        for k, r in enumerate(self.rows):
-            groups.setdefault((r.cfg.lr, r.cfg.weight_decay), []).append(k)
-        b1, b2 = _BETAS
-        for (lr, wd), slots in groups.items():
-            ps, gs, ms, vs, steps = [], [], [], [], []
-            for k in slots:
-                step = torch.tensor(float(self.rows[k].step + 1), device=self.wd.device)
-                for p, m, v in zip(self.params(), self.m, self.v):
-                    ps.append(p.data[k])
-                    gs.append(p.grad[k])
-                    ms.append(m[k])
-                    vs.append(v[k])
-                    steps.append(step)
-            torch._fused_adam_(ps, gs, ms, vs, [], steps, lr=lr, beta1=b1, beta2=b2, weight_decay=wd, eps=_EPS,
-                               amsgrad=False, maximize=False)
-
-
-# ---------------------------------------------------------------------------- evaluation
-@torch.inference_mode()
-def _eval_group(stack: _Stack, x: torch.Tensor, ys: list[torch.Tensor], batch: int) -> list[list[tuple[float, float]]]:
-    """Per label set in ``ys`` (each (K, N)), per slot: (mean cross-entropy, accuracy) on inputs ``x`` (N, D).
-
-    Sums per slot are taken one slot at a time (1-D sums), so a network's numbers do not depend on K.
-    """
-    n, k = len(x), len(stack.rows)
-    if n == 0:
-        return [[(float("nan"), float("nan"))] * k for _ in ys]
-    loss = [torch.zeros(k, dtype=torch.float64) for _ in ys]
-    hits = [torch.zeros(k, dtype=torch.int64) for _ in ys]
-    for i in range(0, n, batch):
-        xb = x[i: i + batch].flatten(1)
-        logits = stack.forward(xb.unsqueeze(0).expand(k, *xb.shape))
-        pred = logits.argmax(2)
-        flat = logits.reshape(-1, logits.shape[2])
-        for j, y in enumerate(ys):
-            yb = y[:, i: i + batch]
-            ce = F.cross_entropy(flat, yb.reshape(-1), reduction="none").reshape(k, -1).double()
-            for s in range(k):
-                loss[j][s] += ce[s].sum().cpu()
-            hits[j] += (pred == yb).sum(1).cpu()
-    return [[(float(lo[s]) / n, int(h[s]) / n) for s in range(k)] for lo, h in zip(loss, hits)]
-
-
 # ---------------------------------------------------------------------------- train_group
 def train_group(
     configs: Sequence[TrainConfig | dict],
@@ -517,10 +330,10 @@ class _Group:
         return {"epoch": epoch, "train_loss": tr[0], "train_acc": tr[1], "train_acc_clean": tr_clean[1],
                 "test_loss": te[0], "test_acc": te[1], "running_loss": running, "lr": lr, "seconds": 0.0}
 
-    def _evaluate(self, stack: _Stack, epoch_of, tests_for: Callable[[_Member], bool], running: list[float]):
+    def _evaluate(self, stack: Stack, epoch_of, tests_for: Callable[[_Member], bool], running: list[float]):
         """Rows for the real slots: the training set always, the test set where ``tests_for(member)``."""
         t0 = time.perf_counter()
-        tr, tr_clean = _eval_group(stack, self.x_train, [stack.y, stack.y_clean], self.eval_bs)
+        tr, tr_clean = eval_group(stack, self.x_train, [stack.y, stack.y_clean], self.eval_bs)
         rows = []
         for k, mem in enumerate(stack.rows[: stack.real]):
             rows.append(self._row(epoch_of(mem), tr[k], tr_clean[k], (float("nan"), float("nan")), running[k],
@@ -529,12 +342,12 @@ class _Group:
         if need:
             k_all = len(stack.rows)
             y_test = self.y_test.unsqueeze(0).expand(k_all, -1)
-            (te,) = _eval_group(stack, self.x_test, [y_test], self.eval_bs)
+            (te,) = eval_group(stack, self.x_test, [y_test], self.eval_bs)
             for k in need:
                 rows[k]["test_loss"], rows[k]["test_acc"] = te[k]
         return rows, time.perf_counter() - t0
 
-    def _train_epoch(self, stack: _Stack) -> list[float]:
+    def _train_epoch(self, stack: Stack) -> list[float]:
         """One epoch for every slot, each network with its own permutation; mean training loss per real slot."""
         n, bs, dev = len(self.x_train), self.batch_size, self.device
         perms = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(
@@ -560,7 +373,7 @@ class _Group:
         # epoch 0 rows (the untrained models) for fresh members
         fresh = [m for m in members if m.fresh]
         if fresh:
-            stack = _Stack(fresh, self.device)
+            stack = Stack(fresh, self.device)
             rows, secs = self._evaluate(stack, lambda m: 0, lambda m, row: True, [float("nan")] * stack.real)
             for mem, row in zip(fresh, rows):
                 row["seconds"] = secs / len(fresh)
@@ -575,7 +388,7 @@ class _Group:
         with tqdm(total=total, initial=sum(m.epoch for m in members), desc=desc, unit="ep", disable=not self.progress,
                   leave=False, dynamic_ncols=True) as bar:
             while active:
-                stack = _Stack(active, self.device)
+                stack = Stack(active, self.device)
                 while True:
                     t0 = time.perf_counter()
                     running = self._train_epoch(stack)
