@@ -103,6 +103,29 @@ def move_aside(run_dir) -> Path:
 
 
 # ---------------------------------------------------------------------------- work done in workers
+def release_dead_leases(run_dir) -> None:
+    """Remove the leases a killed writer left on the complete run ``run_dir``.
+
+    A network of a group is complete as soon as it reaches its stopping point, but its run lease and its
+    writer lease are held until the whole group ends; a group killed in between leaves them behind on a
+    run that is reused untouched afterwards. Each is taken over (and so removed) only when its holder is
+    dead: a live holder keeps it.
+    """
+    from singledir.errors import LockedError
+    from singledir.experiments.leases import writer_lock_path
+    from singledir.training import rundir as rd
+
+    lease = Lease(lease_path(run_dir))
+    if lease.path.exists() and lease.acquire(wait=False):
+        lease.release()
+    if writer_lock_path(run_dir).exists():
+        try:
+            with rd.run_lock(run_dir):
+                pass
+        except LockedError:
+            pass
+
+
 def train_one(config: dict, run_dir: str, wait: bool = False) -> str:
     """Leave a complete run in ``run_dir``: reuse it, resume it, or train it, under the run's lease.
 
@@ -115,6 +138,7 @@ def train_one(config: dict, run_dir: str, wait: bool = False) -> str:
 
     out = Path(run_dir)
     if rd.is_complete(out):
+        release_dead_leases(out)
         return "reused"
     lease = Lease(lease_path(out))
     if not lease.acquire(wait=wait):
@@ -162,6 +186,7 @@ def train_group_task(configs: list[dict], run_dirs: list[str], wait: bool = Fals
         for i, d in enumerate(run_dirs):
             out = Path(d)
             if rd.is_complete(out):
+                release_dead_leases(out)
                 status[i] = "reused"
                 continue
             lease = Lease(lease_path(out))
