@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -252,3 +253,19 @@ def test_unreadable_final_json_of_a_complete_run_is_a_clear_error(base_run, tmp_
     (run_dir / "final.json").unlink()
     with pytest.raises(RunDirError, match="cannot read .*final.json"):
         load_run(run_dir)
+
+
+def test_history_csv_reads_back_the_exact_floats_written(tmp_path):
+    """A resumed run re-writes its earlier rows from history.csv: they must come back bit for bit (pandas < 2.2
+    parses some floats one ulp off by default)."""
+    from singledir.training import rundir as rd
+
+    rng = np.random.default_rng(0)
+    rows = [{"epoch": i, "train_loss": float(x), "test_loss": float(y) if i % 3 else float("nan")}
+            for i, (x, y) in enumerate(rng.random((500, 2)) * 3)]
+    rd.atomic_write_history(tmp_path / rd.HISTORY, rows)
+    back = rd.read_history(tmp_path)
+    want = rd.history_frame(rows)
+    assert back.equals(want)
+    rd.atomic_write_history(tmp_path / rd.HISTORY, back.to_dict("records"))  # written again, as resume does
+    assert (tmp_path / rd.HISTORY).read_text() == want.to_csv(index=False)

@@ -470,9 +470,11 @@ def load_corruption(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def read_history(run_dir: Path) -> pd.DataFrame:
+    """history.csv as written: floats parsed to the exact values saved (pandas < 2.2 parses the last bit
+    differently by default, so a resumed run would rewrite its earlier rows changed)."""
     path = Path(run_dir) / HISTORY
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, float_precision="round_trip")
     except Exception as err:  # noqa: BLE001
         raise RunDirError(f"cannot read {path}: {err}; the run directory is damaged") from None
 
