@@ -4,6 +4,7 @@ stored runs, the run cache after an interruption, the process pool, and one-line
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -82,6 +83,16 @@ def check_report_structure(smoke):
             assert claim["stability"], name
     assert "How stable is this verdict" in (smoke / "index.html").read_text()
     assert [s["claim"] for s in doc["summary"]] == list(CLAIMS)
+    # one n per line: a correlation and its power numbers state n once (issue 16 item 14)
+    lines = [s["key_statistic"] for s in doc["summary"]]
+    lines += [p["statistic"] for c in doc["claims"].values() for p in c["parts"]]
+    twice = [t for t in lines if len(re.findall(r"\bn ?= ?\d", t)) > 1]
+    assert not twice, twice[:3]
+    # the summary gives each claim's deciding numbers: over training, the seeds' verdicts and the early-
+    # stopping interval that the non-inferiority margin is judged on (not only the rho of every seed)
+    td = next(s["key_statistic"] for s in doc["summary"] if s["claim"] == "training-dynamics")
+    n_seeds = len(doc["claims"]["training-dynamics"]["settings"]["seeds"])
+    assert f"of {n_seeds} reproduced" in td and "95% CI" in td and "margin -0.01" in td, td
     for name, claim in doc["claims"].items():
         assert claim["verdict"] in VERDICTS, name
         for key in ("statement", "rule", "reason", "key_statistic", "parts", "settings", "runs", "wall_seconds"):
