@@ -381,3 +381,21 @@ def test_report_tables_put_key_columns_first_fold_long_ones_and_keep_pipes():
     assert head.index("<th>seed</th>") < head.index("<th>nauc</th>") < head.index("<th>run</th>")
     assert "<details><summary>20 rows" in head and "class=\"id\"" in head
     assert "partial rho(a, b \\| c)" in md and "(a, b / c)" not in md
+
+
+def test_report_tables_key_columns_first_run_id_unwrapped_long_tables_folded():
+    """Per-network tables (issue 16 item 14): what a row is and its deciding numbers first (a p-value next
+    to its rho, the network and depth before the layer), the run id last in an unwrapped cell, tables of
+    more than FOLD_ROWS rows folded, and '|' escaped in report.md, never turned into '/'."""
+    from singledir.reporting.report import CSS, FOLD_ROWS, _html_table, _md_table
+
+    rows = [{"p": 0.01, "layer": "features.2", "measure": "selectivity", "rho": 0.5, "network": "convnet",
+             "depth": 1, "n_units": 8, "statistic": "rho(x | z)", "run": f"convnet-digits-x0.125-p0-s{i}-0123456789"}
+            for i in range(FOLD_ROWS + 1)]
+    header = _md_table(rows).splitlines()[0]
+    assert header == ("| network | depth | layer | measure | rho | p | n_units | statistic | run |"), header
+    assert "rho(x \\| z)" in _md_table(rows) and "rho(x / z)" not in _md_table(rows)
+    page = _html_table(rows)
+    assert page.startswith("<details>") and f'<td class="id">{rows[0]["run"]}</td>' in page
+    assert "td.id{white-space:nowrap" in CSS
+    assert "<details>" not in _html_table(rows[:FOLD_ROWS])

@@ -160,6 +160,7 @@ def test_zoo_report_flags_a_constant_measure_and_uses_the_report_style(tmp_path,
     write_report(tmp_path, doc, table)
     md, page = (tmp_path / "report.md").read_text(), (tmp_path / "index.html").read_text()
     assert "Constant over the scored models" in md and ": flat." in md and "path_norm." not in md
+    assert "| flat (constant) |" in md and "path_norm (constant)" not in md  # flagged in its row too
     assert CSS.strip()[:40] in page
 
 
