@@ -13,6 +13,7 @@ from singledir.cli import main
 from singledir.experiments import presets
 from singledir.experiments.claims import batchnorm, dropout, ensemble, hyperparameters, label_corruption
 from singledir.experiments.claims import selectivity, training_dynamics
+from singledir.reporting.formatting import fmt_power
 from singledir.stats import power
 
 R, N, I = "reproduced", "not reproduced", "inconclusive"
@@ -177,6 +178,28 @@ def test_n_to_decide_is_reported_only_while_a_part_is_undecided():
     rng = np.random.default_rng(0)
     x = np.arange(40.0)
     v, _, c = ensemble.correlation_rule(x, x + rng.normal(0, 1, 40), +1)  # clearly decided
-    assert v == "reproduced" and "n_to_decide" not in c["power"] and "would decide" not in power.fmt_power(c["power"])
+    assert v == "reproduced" and "n_to_decide" not in c["power"] and "would decide" not in fmt_power(c["power"])
     v, _, c = ensemble.correlation_rule(x[:8], rng.normal(0, 1, 8), +1)  # too few to decide
     assert v == "inconclusive" and c["power"].get("n_to_decide")
+
+
+def test_a_correlation_part_states_its_n_once():
+    """'... n = 6, 95% CI [...]; n = 6; detects ...' said n twice (issue 16 item 14: one n per line)."""
+    import re
+
+    runs = pd.DataFrame({"corrupt": [0.0, 0.0, 0.5, 0.5, 1.0, 1.0], "auc": [0.9, 0.8, 0.6, 0.7, 0.4, 0.5],
+                         "target_reached": True})
+    part = label_corruption._ablation_part("MLP ablation", runs, "auc")
+    assert len(re.findall(r"\bn ?= ?\d", part.statistic)) == 1, part.statistic
+    assert "detects |rho|" in part.statistic and "isotonic trend p" in part.statistic
+
+
+def test_over_training_summary_gives_the_deciding_numbers():
+    from singledir.experiments.context import Part
+
+    parts = [Part("seed 0", "reproduced", "", "", {}), Part("seed 0, raw AUC", "inconclusive", "", "", {}, False),
+             Part("seed 1", "inconclusive", "", "", {}), Part("seed 2", "reproduced", "", "", {})]
+    es = {"mean_diff": -0.0121, "ci_low": -0.0175, "ci_high": -0.0075, "ci_note": ""}
+    key = training_dynamics._key(parts, pd.Series([-0.9, -0.6, -0.7]), es)
+    assert "2 of 3 reproduced, 1 inconclusive (seed 1)" in key and "rho -0.90 to -0.60" in key
+    assert "-0.0121" in key and "[-0.0175, -0.0075]" in key and "margin -0.01" in key

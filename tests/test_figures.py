@@ -145,5 +145,21 @@ def test_scatter_marks_a_second_column_by_marker_shape():
                        "bs": [32, 128, 32, 128]})
     fig = plot_scatter(df, "x", "y", group="lr", marker_by="bs", annotate_rho=False)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    title = fig.axes[0].get_legend().get_title().get_text()
     plt.close(fig)
-    assert labels == ["0.01", "0.1", "bs = 32", "bs = 128"]
+    assert labels == ["lr = 0.01", "lr = 0.1", "bs = 32", "bs = 128"]
+    assert title == "colour: lr, marker: bs"  # the legend says which column each encoding shows
+
+
+def test_scatter_with_more_groups_than_colours_never_repeats_a_colour():
+    """Eleven ConvNet layers drew layer 1 and layer 11 in the same tab10 blue (issue 16 item 14)."""
+    import matplotlib.pyplot as plt
+
+    from singledir.reporting.figures import plot_scatter
+
+    names = [f"{d:02d}: features.{3 * d}" for d in range(1, 12)]
+    df = pd.DataFrame({"x": np.tile([0.1, 0.2, 0.3], 11), "y": np.arange(33.0), "layer": np.repeat(names, 3)})
+    fig = plot_scatter(df, "x", "y", group="layer")
+    colours = [tuple(np.round(c.get_facecolor()[0][:3], 4)) for c in fig.axes[0].collections]
+    plt.close(fig)
+    assert len(colours) == 11 and len(set(colours)) == 11

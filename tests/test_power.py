@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as st
 
 from singledir.experiments import verdicts
+from singledir.reporting.formatting import fmt_mann_whitney
 from singledir.stats import power
 
 
@@ -145,7 +146,7 @@ def test_rank_biserial_interval_and_mann_whitney_numbers():
     assert r["ci_low"] < r["effect"] < r["ci_high"]
     assert r["mde_80_rank_biserial"] == pytest.approx(power.mann_whitney_mde(40, 40))
     assert r["n_to_decide"] == power.mann_whitney_n_for(r["effect"])
-    assert "rank-biserial" in power.fmt_mann_whitney(r)
+    assert "rank-biserial" in fmt_mann_whitney(r)
 
 
 def test_vectorized_isotonic_fit_equals_scipys():

@@ -4,6 +4,7 @@ stored runs, the run cache after an interruption, the process pool, and one-line
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -82,6 +83,16 @@ def check_report_structure(smoke):
             assert claim["stability"], name
     assert "How stable is this verdict" in (smoke / "index.html").read_text()
     assert [s["claim"] for s in doc["summary"]] == list(CLAIMS)
+    # one n per line: a correlation and its power numbers state n once (issue 16 item 14)
+    lines = [s["key_statistic"] for s in doc["summary"]]
+    lines += [p["statistic"] for c in doc["claims"].values() for p in c["parts"]]
+    twice = [t for t in lines if len(re.findall(r"\bn ?= ?\d", t)) > 1]
+    assert not twice, twice[:3]
+    # the summary gives each claim's deciding numbers: over training, the seeds' verdicts and the early-
+    # stopping interval that the non-inferiority margin is judged on (not only the rho of every seed)
+    td = next(s["key_statistic"] for s in doc["summary"] if s["claim"] == "training-dynamics")
+    n_seeds = len(doc["claims"]["training-dynamics"]["settings"]["seeds"])
+    assert f"of {n_seeds} reproduced" in td and "95% CI" in td and "margin -0.01" in td, td
     for name, claim in doc["claims"].items():
         assert claim["verdict"] in VERDICTS, name
         for key in ("statement", "rule", "reason", "key_statistic", "parts", "settings", "runs", "wall_seconds"):
@@ -370,3 +381,21 @@ def test_report_tables_put_key_columns_first_fold_long_ones_and_keep_pipes():
     assert head.index("<th>seed</th>") < head.index("<th>nauc</th>") < head.index("<th>run</th>")
     assert "<details><summary>20 rows" in head and "class=\"id\"" in head
     assert "partial rho(a, b \\| c)" in md and "(a, b / c)" not in md
+
+
+def test_report_tables_key_columns_first_run_id_unwrapped_long_tables_folded():
+    """Per-network tables (issue 16 item 14): what a row is and its deciding numbers first (a p-value next
+    to its rho, the network and depth before the layer), the run id last in an unwrapped cell, tables of
+    more than FOLD_ROWS rows folded, and '|' escaped in report.md, never turned into '/'."""
+    from singledir.reporting.report import CSS, FOLD_ROWS, _html_table, _md_table
+
+    rows = [{"p": 0.01, "layer": "features.2", "measure": "selectivity", "rho": 0.5, "network": "convnet",
+             "depth": 1, "n_units": 8, "statistic": "rho(x | z)", "run": f"convnet-digits-x0.125-p0-s{i}-0123456789"}
+            for i in range(FOLD_ROWS + 1)]
+    header = _md_table(rows).splitlines()[0]
+    assert header == ("| network | depth | layer | measure | rho | p | n_units | statistic | run |"), header
+    assert "rho(x \\| z)" in _md_table(rows) and "rho(x / z)" not in _md_table(rows)
+    page = _html_table(rows)
+    assert page.startswith("<details>") and f'<td class="id">{rows[0]["run"]}</td>' in page
+    assert "td.id{white-space:nowrap" in CSS
+    assert "<details>" not in _html_table(rows[:FOLD_ROWS])

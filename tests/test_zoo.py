@@ -160,4 +160,36 @@ def test_zoo_report_flags_a_constant_measure_and_uses_the_report_style(tmp_path,
     write_report(tmp_path, doc, table)
     md, page = (tmp_path / "report.md").read_text(), (tmp_path / "index.html").read_text()
     assert "Constant over the scored models" in md and ": flat." in md and "path_norm." not in md
+    assert "| flat (constant) |" in md and "path_norm (constant)" not in md  # flagged in its row too
     assert CSS.strip()[:40] in page
+
+
+def test_zoo_report_groups_measures_by_family_and_cites_published_numbers(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from singledir.zoo import report as zoo_report
+    from singledir.zoo.report import REFERENCES, leaderboard, write_report
+
+    monkeypatch.setattr(zoo_report, "_figures", lambda *a: [])  # the figures need a whole zoo
+    psi = {"distance_from_init": 0.5, "margin_p10": 0.4, "reliance_ablation_nauc": 0.3, "path_norm": 0.1}
+    doc = {"preset": "t", "description": "d", "grid": {"lr": [0.1, 0.01]}, "axes": ["lr"], "seeds": [0],
+           "base_config": {"until_train_acc": 0.99, "max_epochs": 5}, "n_converged": 3, "n_models": 3, "n_test": 100,
+           "unconverged": [], "missing": {}, "measure_settings": {}, "wall_seconds": 1.0, "trained_now": 0,
+           "reused": 3, "score_error": None, "measures": {n: {"psi": v, "kendall_tau": v} for n, v in psi.items()}}
+    table = pd.DataFrame({"converged": [True] * 3, **{n: [1.0, 2.0, 3.0] for n in psi}})
+    board = leaderboard(doc)
+    assert dict(zip(board["measure"], board["family"]))["path_norm"] == "norm-based"
+    write_report(tmp_path, doc, table)
+    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "index.html").read_text()
+    # families in the order of their best measure, the two norm-based measures together, ranks kept global
+    order = ["**norm-based**", "| 1 | distance_from_init |", "| 4 | path_norm |", "**margin-based**",
+             "| 2 | margin_p10 |", "**reliance on single directions**", "**reliance_ablation_nauc**"]
+    at = [md.index(s) for s in order]
+    assert at == sorted(at), md
+    assert page.count("<tr class='family'>") == 3
+    # a published number carries the number of its source, and the source is listed under the table
+    k = list(REFERENCES).index("pgdl") + 1
+    row = next(line for line in md.splitlines() if "| distance_from_init |" in line)
+    assert "4.92" in row and f"[{k}]" in row
+    assert f"[{k}] PGDL baselines" in md and "cadurosar/pgdl README" in md and "cadurosar/pgdl README" in page
+    assert "from memory" not in md

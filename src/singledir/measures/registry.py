@@ -3,6 +3,7 @@
 - :class:`Measure` -- one entry: the group that computes its raw values, how its raw value is picked,
   how it becomes a complexity (larger predicts a larger generalization gap), its source and normalization.
 - :data:`MEASURES` -- ``{name: Measure}`` in report order; :func:`measure_names`.
+- :data:`FAMILIES` -- the family of each group (norm-based, margin-based, ...), ``Measure.family``.
 - :class:`MeasureSettings` -- subset sizes and search depths of the expensive measures.
 - :data:`COLUMNS` -- the columns of :func:`singledir.measures.measure_all`'s table.
 """
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from singledir.errors import SingledirError
 
-__all__ = ["COLUMNS", "MEASURES", "Measure", "MeasureSettings", "measure_names"]
+__all__ = ["COLUMNS", "FAMILIES", "MEASURES", "Measure", "MeasureSettings", "measure_names"]
 
 COLUMNS = ["name", "raw", "complexity", "seconds", "error", "source", "normalization"]
 
@@ -57,6 +58,21 @@ class Measure:
     source: str
     normalization: str
     needs: tuple[str, ...] = field(default=())
+
+    @property
+    def family(self) -> str:
+        """What kind of measure this is (:data:`FAMILIES` of its group), e.g. ``"norm-based"``."""
+        return FAMILIES[self.group]
+
+
+#: The family of each group's measures, as the zoo report groups them (Jiang et al. 2020 group theirs alike).
+FAMILIES: dict[str, str] = {
+    "reliance_ablation": "reliance on single directions", "reliance_noise": "reliance on single directions",
+    "distance": "norm-based", "norms": "norm-based", "margin": "margin-based",
+    "pacbayes": "sharpness / flatness", "pacbayes_mag": "sharpness / flatness", "sharpness": "sharpness / flatness",
+    "weightwatcher": "spectral (WeightWatcher)", "jacobian": "input sensitivity (Jacobian)",
+    "db_mixup": "representation geometry",
+}
 
 
 def _sqrt_norm(v, m):

@@ -140,6 +140,8 @@ def _colors(groups: Sequence, palette) -> dict:
         cmap = mpl.colormaps["viridis"]
         return {g: cmap(p) for g, p in zip(groups, np.linspace(0.0, 0.9, n))}
     cycle = mpl.colormaps["tab10"].colors
+    if n > len(cycle):  # never a colour twice: along the groups' order (e.g. layers by depth), dark -> bright
+        return {g: mpl.colormaps["viridis"](p) for g, p in zip(groups, np.linspace(0.0, 0.95, n))}
     return {g: cycle[i % len(cycle)] for i, g in enumerate(groups)}
 
 
@@ -369,7 +371,7 @@ def plot_scatter(
             xv = sub[x].to_numpy(dtype=float)
             yv = sub[y].to_numpy(dtype=float)
             color = colors[g] if g is not None else "C0"
-            label = _fmt_group(g) if g is not None else None
+            label = None if g is None else f"{group} = {_fmt_group(g)}" if marker_by else _fmt_group(g)
             if annotate_rho and g is not None:
                 label = f"{label} ({_rho_text(*_spearman(xv, yv))}, n={len(sub)})"
             if marker_by is None:
@@ -403,7 +405,8 @@ def plot_scatter(
         _finish(ax, _label(x, xlabel), _label(y, ylabel), title)
         if group is not None:
             # below the axes, so that it never hides points
-            legend_title = f"{group}   ({pooled})" if pooled else group
+            key = f"colour: {group}, marker: {marker_by}" if marker_by else group
+            legend_title = f"{key}   ({pooled})" if pooled else key
             ax.legend(title=legend_title, loc="upper center", bbox_to_anchor=(0.5, -0.2),
                       ncol=1 if len(groups) <= 3 else 2, markerscale=1.5)
         elif pooled:

@@ -65,9 +65,11 @@ def _minutes(seconds) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
 
-# Columns a reader scans first in per-network tables; the long run id goes last (it names the directory).
-_FIRST = ("model", "corrupt", "p", "seed", "setting", "lr", "batch_size", "dropout", "batchnorm", "width",
-          "layer", "measure", "rho", "p_value", "auc", "nauc", "test_acc", "train_acc", "gap", "target_reached")
+# Columns a reader scans first in per-network tables (what the row is, then its deciding numbers); the long
+# run id goes last (it names the directory). "p" is a p-value here, next to its rho (corruption is "corrupt").
+_FIRST = ("model", "network", "corrupt", "seed", "epoch", "setting", "lr", "batch_size", "dropout", "batchnorm", "width",
+          "depth", "layer", "measure", "rho", "p", "p_value", "ci_low", "ci_high", "auc", "nauc", "test_acc",
+          "train_acc", "gap", "target_reached")
 _LAST = ("run", "ci_method", "ci_note")
 FOLD_ROWS = 12  # longer tables are folded (<details>) in the HTML page
 

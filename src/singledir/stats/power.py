@@ -10,8 +10,8 @@ result decisive (an equivalence / minimum-effect bound) and that say how much a 
 - :func:`spearman_n_for`, :func:`spearman_mde` -- networks needed to detect a rho at 80% power
   (two-sided alpha 0.05), and the smallest rho detected with ``n`` (Fisher-z approximation);
   :func:`exclusion_n_for`, :func:`equivalence_n_for`, :func:`directional_n_for` -- the n at which a
-  bound is excluded / an equivalence or a directional rule decides; :func:`spearman_power`,
-  :func:`fmt_power` -- those numbers for a part of the report.
+  bound is excluded / an equivalence or a directional rule decides; :func:`spearman_power` -- those numbers for a part of the report (in words:
+  :func:`singledir.reporting.formatting.fmt_power` and ``fmt_mann_whitney``).
 - :func:`mann_whitney_mde`, :func:`mann_whitney_n_for` -- the same for a Mann-Whitney U test, as a
   rank-biserial correlation, by Noether's (1987) normal approximation.
 - :func:`paired_mde`, :func:`paired_n_for` -- the same for a paired test across seeds, as a
@@ -363,21 +363,6 @@ def mann_whitney_with_power(a, b) -> dict:
     return r
 
 
-def fmt_mann_whitney(r: dict) -> str:
-    """``Mann-Whitney p = 0.029 (smallest possible 0.029), rank-biserial 1.00 [1.00, 1.00], n = 4 vs 4; ...``."""
-    from singledir.reporting.formatting import fmt_p
-
-    from singledir.reporting.formatting import fmt_ci
-
-    eff = "n/a" if not _ok(r.get("effect")) else f"{r['effect']:.2f}"
-    ci = f" {fmt_ci(r)}" if _ok(r.get("ci_low"), r.get("ci_high")) else ""
-    mde = r.get("mde_80_rank_biserial")
-    return (f"Mann-Whitney p = {fmt_p(r.get('p'))} (smallest possible {fmt_p(r.get('min_p'))}), "
-            f"rank-biserial {eff}{ci}, n = {r['n_a']} vs {r['n_b']}; "
-            + (f"detects |r| >= {mde:.2f} at 80% power" if mde is not None else "no effect size reaches 80% power "
-               "at this n"))
-
-
 def mann_whitney_min_p(n_a: int, n_b: int) -> float:
     """The smallest two-sided exact Mann-Whitney p-value possible with these group sizes: 2 / C(N, n_a)."""
     return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
@@ -470,26 +455,8 @@ def spearman_with_power(x, y, *, bound: float, sign: int | None = 1) -> dict:
     return c
 
 
-def fmt_power(pw: dict, *, effect: bool = False) -> str:
-    """One line: ``n = 12; detects |rho| >= 0.73 at 80% power; decided at n ~ 30`` (``effect``: with rho and CI)."""
-    from singledir.reporting.formatting import fmt_ci
-
-    bits = [f"n = {pw.get('n')}"]
-    if effect and _ok(pw.get("effect")):
-        ci = f" {fmt_ci(pw)}" if _ok(pw.get("ci_low"), pw.get("ci_high")) else ""
-        bits.append(f"{pw.get('effect_name', 'effect')} = {pw['effect']:.2f}{ci}")
-    name = pw.get("effect_name", "effect")
-    if pw.get("mde_80") is not None:
-        bits.append(f"detects |{name}| >= {pw['mde_80']:.2f} at 80% power")
-    else:
-        bits.append("too few for 80% power at any effect")
-    if pw.get("n_to_decide") is not None:
-        bits.append(f"n ~ {pw['n_to_decide']} would decide the observed effect")
-    return "; ".join(bits)
-
-
 __all__ = ["spearman_se", "spearman_ci", "spearman_n_for", "spearman_mde", "exclusion_n_for", "equivalence_n_for", "directional_n_for", "partial_spearman",
            "mann_whitney_mde", "mann_whitney_n_for", "mann_whitney_min_p", "rank_biserial_ci",
-           "mann_whitney_with_power", "fmt_mann_whitney", "paired_mde", "paired_n_for", "paired_ci", "isotonic_trend", "isotonic_e2",
+           "mann_whitney_with_power", "paired_mde", "paired_n_for", "paired_ci", "isotonic_trend", "isotonic_e2",
            "pooled_rank_correlation",
-           "spearman_power", "spearman_with_power", "fmt_power"]
+           "spearman_power", "spearman_with_power"]

@@ -14,7 +14,7 @@ from singledir import stats
 from singledir.analysis import jobs
 from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_p
+from singledir.reporting.formatting import fmt_mann_whitney, fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves, plot_histogram
 
@@ -80,7 +80,7 @@ def run(ctx: Context) -> ClaimResult:
 
     def describe(r, what):
         return (f"{what}: median {r['median_a']:.3f} (BN) vs {r['median_b']:.3f} (no BN), "
-                + (power.fmt_mann_whitney(r) if "min_p" in r else
+                + (fmt_mann_whitney(r) if "min_p" in r else
                    f"Mann-Whitney p = {fmt_p(r['p'])}, n = {r['n_a']} vs {r['n_b']}"))
 
     fit = bool(runs["target_reached"].all())

@@ -16,7 +16,7 @@ import pandas as pd
 from singledir.analysis import jobs
 from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_p
+from singledir.reporting.formatting import fmt_mann_whitney, fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves
 
@@ -102,7 +102,7 @@ def run(ctx: Context) -> ClaimResult:
             if not reached:
                 v, why = verdicts.INCONCLUSIVE, "some memorizing networks did not reach the training target"
             parts.append(Part(name, v, why, f"{what}: {a.mean():+.3f} (dropout {d:g}) vs {b.mean():+.3f} (no dropout), "
-                              f"{power.fmt_mann_whitney(mw)}", mw))
+                              f"{fmt_mann_whitney(mw)}", mw))
         within = _at(net, 0.0) - _at(net, d)
         beyond = _at(net, d) - _at(net, min(2 * d, 1.0))
         rows.append({"dropout": d, "kept_at_d": kept_d.mean(), "kept_at_d_no_dropout": kept_0.mean(),

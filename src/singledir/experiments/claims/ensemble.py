@@ -15,7 +15,7 @@ from singledir import stats
 from singledir.analysis import jobs
 from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_corr, fmt_p
+from singledir.reporting.formatting import fmt_corr, fmt_corr_power, fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves, plot_scatter
 
@@ -75,9 +75,9 @@ def run(ctx: Context) -> ClaimResult:
     partial = power.partial_spearman(runs["nauc"], runs["test_acc"], runs["train_acc"])
     parts = [
         Part("AUC vs test accuracy", v, why,
-             f"{fmt_corr(c_acc, '(nAUC, test acc)')}; {power.fmt_power(c_acc['power'])}", c_acc),
+             fmt_corr_power(c_acc, '(nAUC, test acc)'), c_acc),
         Part("AUC vs generalization gap", vg, whyg,
-             f"{fmt_corr(c_gap, '(nAUC, gap)')}; {power.fmt_power(c_gap['power'])}", c_gap, in_verdict=False),
+             fmt_corr_power(c_gap, '(nAUC, gap)'), c_gap, in_verdict=False),
         Part("AUC vs test accuracy | train accuracy", *verdicts.directional_verdict(
             partial["rho"], partial["ci_low"], partial["ci_high"], +1, BOUND, p=partial["p"]),
             fmt_corr(partial, "(nAUC, test acc | train acc), partial"), partial, in_verdict=False),

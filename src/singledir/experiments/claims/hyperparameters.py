@@ -15,7 +15,7 @@ from singledir import stats
 from singledir.analysis import jobs
 from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_ci, fmt_corr
+from singledir.reporting.formatting import fmt_ci, fmt_corr, fmt_corr_power
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_scatter
 
@@ -77,7 +77,7 @@ def run(ctx: Context) -> ClaimResult:
     c_fit = stats.spearman(runs["nauc"], runs["train_acc"])
     parts = [
         Part("nAUC vs test accuracy | train accuracy", v, why,
-             f"{fmt_corr(cp, '(nAUC, test acc | train acc), partial')}; {power.fmt_power(cp['power'])}", cp),
+             fmt_corr_power(cp, '(nAUC, test acc | train acc), partial'), cp),
         Part("nAUC vs test accuracy", *verdicts.sign_verdict(c["rho"], c["p"], +1, n=c["n"], min_n=5),
              fmt_corr(c, "(nAUC, test acc)"), c, in_verdict=False),
         Part("raw AUC vs test accuracy", *verdicts.sign_verdict(c_raw["rho"], c_raw["p"], +1, n=c_raw["n"], min_n=5),

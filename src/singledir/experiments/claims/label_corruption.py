@@ -12,7 +12,7 @@ import pandas as pd
 from singledir.analysis import jobs
 from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_corr, fmt_p
+from singledir.reporting.formatting import fmt_corr_power, fmt_p, fmt_power
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_curves, plot_scatter
 
@@ -111,7 +111,7 @@ def trend_rule(p, auc, *, fit: bool = True, bound: float = BOUND, n_perm: int = 
         return verdicts.NOT_REPRODUCED, (f"rho interval [{lo:.2f}, {hi:.2f}] excludes a decrease of at least "
                                       f"{bound:g}"), numbers
     return verdicts.INCONCLUSIVE, (f"no significant trend (p={down['p']:.3g}) and a decrease not excluded; "
-                                f"{power.fmt_power(pw)}"), numbers
+                                f"{fmt_power(pw)}"), numbers
 
 
 P_LEGEND = "fraction of labels corrupted (p)"  # the legend title of the figures grouped by p
@@ -128,8 +128,8 @@ def _ablation_part(name: str, runs: pd.DataFrame, auc_col: str) -> Part:
     verdict, reason, numbers = trend_rule(runs["corrupt"], runs[auc_col], fit=bool(runs["target_reached"].all()))
     verdicts.decided(verdict, numbers.get("power"))
     label = auc_col.replace("_", " ")
-    text = (f"{fmt_corr(numbers, f'({label}, corruption)')}; isotonic trend "
-            f"p = {fmt_p(numbers['trend_down']['p'])}; {power.fmt_power(numbers['power'])}")
+    text = fmt_corr_power(numbers, f"({label}, corruption)",
+                          between=f"isotonic trend p = {fmt_p(numbers['trend_down']['p'])}; ")
     return Part(name, verdict, reason, text, numbers)
 
 

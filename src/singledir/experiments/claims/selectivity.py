@@ -13,7 +13,7 @@ from singledir import stats
 from singledir.analysis import jobs
 from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_ci, fmt_corr, fmt_p
+from singledir.reporting.formatting import fmt_ci, fmt_corr, fmt_p, fmt_power
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.figures import plot_scatter
 
@@ -79,7 +79,7 @@ def _pooled_text(c: dict, what: str) -> str:
         return f"pooled within-layer rho({what}, importance) undefined (n={c['n']})"
     return (f"pooled within-layer rho({what}, importance) = {c['rho']:.2f} {fmt_ci(c)}, "
             f"{c['groups']} layers, p = {fmt_p(c['p'])}; "
-            f"{power.fmt_power(c['power'])}")
+            f"{fmt_power(c['power'])}")
 
 
 def _f2(x) -> str:

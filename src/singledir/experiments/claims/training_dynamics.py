@@ -16,7 +16,7 @@ from singledir import stats
 from singledir.analysis import jobs
 from singledir.experiments import verdicts
 from singledir.stats import power
-from singledir.reporting.formatting import fmt_ci, fmt_corr, fmt_p
+from singledir.reporting.formatting import fmt_ci, fmt_corr, fmt_corr_power, fmt_p
 from singledir.experiments.context import ClaimResult, Context, Part
 
 NAME = "training-dynamics"
@@ -115,8 +115,7 @@ def run(ctx: Context) -> ClaimResult:
         parts.append(Part(f"seed {seed}, raw AUC", *verdicts.sign_verdict(c["rho"], c["p"], -1, n=c["n"], min_n=5),
                           fmt_corr(c, "(AUC, test loss)"), c, in_verdict=False))
         v, why, cn = dynamics_rule(a["nauc"], a["test_loss"])
-        parts.append(Part(f"seed {seed}", v, why, f"{fmt_corr(cn, '(nAUC, test loss)')}; "
-                          f"{power.fmt_power(cn['power'])}", cn))
+        parts.append(Part(f"seed {seed}", v, why, fmt_corr_power(cn, '(nAUC, test loss)'), cn))
         at_peak = a.loc[a["nauc"].idxmax()]
         at_best = a.loc[a["test_loss"].idxmin()]
         rows.append({"seed": seed, "run": d.name, "rho": c["rho"], "p": c["p"], "rho_nauc": cn["rho"], "p_nauc": cn["p"],
@@ -146,10 +145,24 @@ def run(ctx: Context) -> ClaimResult:
                "checkpoints, one colour per seed. Bottom: train and test loss per epoch. Dashed lines: nAUC peak; dotted: "
                "lowest test loss (among checkpoints). Paper Fig. 4.")
     verdict, reason = verdicts.combine({p.name: p.verdict for p in parts if p.in_verdict})
-    key = ("rho(nAUC, test loss) per seed: " + ", ".join(_fmt(r) for r in table["rho_nauc"])
-           + f"; early stopping at the nAUC peak: {_fmt(es['mean_diff'])} test accuracy vs the lowest test loss")
+    key = _key(parts, table["rho_nauc"], es)
     return ClaimResult(NAME, TITLE, STATEMENT, RULE, verdict, reason, key, parts, dict(s, checkpoint_epochs=epochs),
                        ctx.figures, {"per network": table, "checkpoints": auc}, {}, [], runs=ctx.runs)
+
+
+def _key(parts: list[Part], rhos: pd.Series, es: dict) -> str:
+    """The summary's deciding numbers: the seeds' verdicts (naming the seeds that were not reproduced) and
+    rho range, and the early-stopping difference with the interval the margin is judged on."""
+    seeds = [p for p in parts if p.in_verdict and p.name.startswith("seed ")]
+    counts = {v: [p.name for p in seeds if p.verdict == v] for v in verdicts.VERDICTS}
+    bits = [f"{len(counts[verdicts.REPRODUCED])} of {len(seeds)} reproduced"]
+    bits += [f"{len(names)} {v} ({', '.join(names)})" for v, names in counts.items()
+             if v != verdicts.REPRODUCED and names]
+    r = rhos[rhos.notna()]
+    spread = f"; rho {r.min():+.2f} to {r.max():+.2f}" if len(r) else ""
+    return (f"rho(nAUC, test loss) per seed: {', '.join(bits)}{spread}; early stopping at the nAUC peak: "
+            f"{_fmt(es['mean_diff'])} test accuracy vs the lowest test loss, 95% CI {fmt_ci(es, 4)} "
+            f"(margin -{MARGIN:g})")
 
 
 def _fmt(x) -> str:

@@ -25,7 +25,7 @@ import torch
 from singledir.experiments import verdicts
 from singledir.experiments.claims.label_corruption import BOUND, trend_rule
 from singledir.experiments.context import ClaimResult, Context, Part
-from singledir.reporting.formatting import fmt_corr, fmt_p
+from singledir.reporting.formatting import fmt_corr_power, fmt_p
 from singledir.stats import power
 
 NAME = "transformer"
@@ -147,8 +147,8 @@ def _levels(model, points: int) -> list[int]:
 def _part(name: str, runs: pd.DataFrame, col: str, in_verdict: bool = True) -> Part:
     verdict, reason, numbers = trend_rule(runs["corrupt"], runs[col], fit=bool(runs["target_reached"].all()))
     label = col.replace("_", " ")
-    text = (f"{fmt_corr(numbers, f'({label}, corruption)')}; isotonic trend "
-            f"p = {fmt_p(numbers['trend_down']['p'])}; {power.fmt_power(numbers['power'])}")
+    text = fmt_corr_power(numbers, f"({label}, corruption)",
+                          between=f"isotonic trend p = {fmt_p(numbers['trend_down']['p'])}; ")
     return Part(name, verdict, reason, text, numbers, in_verdict)
 
 
