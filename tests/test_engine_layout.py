@@ -292,8 +292,8 @@ def test_chunks_run_on_the_callers_threads_without_changing_them(data, monkeypat
     (AttributeError("'FastEvaluator' object has no attribute 'x'"), False),
 ])
 def test_probe_falls_back_only_when_an_op_cannot_run(error, falls_back, data, monkeypatch):
-    """``_probe`` turns "this op cannot run node by node" into the hook path (with the warning); an
-    out-of-memory error or a bug of the engine propagates (issue 16, item 5)."""
+    """``probe`` (:mod:`singledir.reliance.fast.probe`) turns "this op cannot run node by node" into the hook
+    path (with the warning); an out-of-memory error or a bug of the engine propagates (issue 16, item 5)."""
     from singledir.reliance.fast.graph import Split
     from singledir.reliance.evaluators import FastPathFallback
 

@@ -53,11 +53,12 @@ from filelock import FileLock
 from singledir.errors import LockedError, SingledirError
 from singledir.io import atomic_write_text
 
-__all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "Lease", "LeaseLostError", "holder", "journal", "read_journal",
+__all__ = ["BUSY", "HEARTBEAT_S", "STALE_AFTER_S", "Lease", "LeaseLostError", "holder", "journal", "read_journal",
            "writer_lock", "writer_lock_path"]
 
 HEARTBEAT_S = 5.0  # how often a holder rewrites its lease (beat + 1)
 STALE_AFTER_S = 60.0  # a lease whose beat nobody saw change this long (waiter's own clock) is taken over
+BUSY = "busy"  # what a job returns when it found its lease held by another live worker
 
 
 class LeaseLostError(SingledirError):

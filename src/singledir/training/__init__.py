@@ -17,9 +17,11 @@ guarantees in :mod:`singledir.training.loop`.
 from __future__ import annotations
 
 from singledir.training.config import DEFAULT_EPOCHS, RUNTIME_SETTINGS, TrainConfig, log_epochs
+from singledir.training.evaluation import evaluate
 from singledir.training.grouped import train_group
-from singledir.training.loop import evaluate, train
-from singledir.training.rundir import Run, RunSummary, load_model, load_run, read_summary
+from singledir.training.loop import train
+from singledir.training.run import Run, load_run
+from singledir.training.rundir import RunSummary, load_model, read_summary
 
 __all__ = ["train", "train_group", "load_run", "load_model", "read_summary", "Run", "RunSummary", "TrainConfig", "evaluate",
            "log_epochs", "DEFAULT_EPOCHS", "RUNTIME_SETTINGS"]

@@ -48,17 +48,9 @@ from singledir.training import rundir as rd
 from singledir.training.config import RUNTIME_SETTINGS, TrainConfig
 from singledir.training.data import load_data
 from singledir.training.stack import Stack, eval_group
-from singledir.training.loop import (
-    _GLOBAL,
-    _SHUFFLE,
-    _build_model,
-    _clear,
-    _corrupt,
-    _default_eval_batch,
-    _set_postfix,
-    derive_seed,
-    resolve_target,
-)
+from singledir.training.evaluation import _default_eval_batch
+from singledir.training.loop import _GLOBAL, _SHUFFLE, _build_model, _corrupt, _set_postfix, derive_seed
+from singledir.training.target import _clear, resolve_target
 
 __all__ = ["train_group", "group_key", "PER_NETWORK", "GroupMemberError"]
 

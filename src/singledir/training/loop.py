@@ -2,7 +2,8 @@
 
 :func:`train` trains one network. MLPs without batch norm (``TrainConfig.engine == "stacked"``) go
 through :mod:`.grouped` as a group of one, so that a network's weights are the same alone or in a group;
-every other model (and ``engine="reference"``) through the torch.optim loop here (``_Trainer``).
+every other model (and ``engine="reference"``) through the torch.optim loop here (``_Trainer``). Both
+check their target directory and config with :func:`.target.resolve_target`.
 
 Determinism: the initial weights come from ``build_model(seed=seed)``; each epoch's shuffling uses a
 ``torch.Generator`` seeded from ``(seed, epoch)``; dropout uses torch's global RNG, which is seeded from
@@ -15,15 +16,14 @@ indexing -- are deterministic on the CPU anyway. CUDA runs are seeded the same w
 differ in the last bits.)
 
 Speed: the data are tensors on the device; batches are slices of a per-epoch index permutation (no
-DataLoader); evaluation runs under ``torch.inference_mode`` with large batches; the training set is
-evaluated every epoch (the stopping rule reads it), the test set only where ``TrainConfig.test_epoch``
-says (every ``history_every`` epochs, checkpoints, first and last epoch; NaN in history.csv elsewhere).
+DataLoader); evaluation (:mod:`.evaluation`) runs under ``torch.inference_mode`` with large batches; the
+training set is evaluated every epoch (the stopping rule reads it), the test set only where
+``TrainConfig.test_epoch`` says (every ``history_every`` epochs, checkpoints, first and last epoch; NaN in
+history.csv elsewhere).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -34,12 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from singledir.devices import model_device, resolve_device
-from singledir.errors import RunDirError, SingledirError
+from singledir.devices import resolve_device
+from singledir.errors import RunDirError
 from singledir.io import atomic_save_safetensors, atomic_torch_save, atomic_write_json, atomic_write_text
 from singledir.training import rundir as rd
 from singledir.training.config import RUNTIME_SETTINGS, TrainConfig
 from singledir.training.data import load_data
+from singledir.training.evaluation import _default_eval_batch, _eval_stats, evaluate
+from singledir.training.target import _clear, resolve_target
+
+__all__ = ["train", "evaluate", "resolve_target", "derive_seed"]
 
 # tags for derived seeds
 _SHUFFLE, _GLOBAL = 1, 2
@@ -50,47 +54,6 @@ def derive_seed(*keys: int) -> int:
     """A 63-bit seed derived from integer keys (stable across platforms and versions)."""
     a, b = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
     return (int(a) << 31) ^ int(b)
-
-
-# ---------------------------------------------------------------------------- evaluation
-def _default_eval_batch(model_name: str) -> int:
-    return 2048 if model_name == "mlp" else 500
-
-
-def _eval_stats(model: nn.Module, x: torch.Tensor, ys: list[torch.Tensor], batch_size: int):
-    """[(mean cross-entropy, accuracy)] of ``model`` on ``x`` for each label vector in ``ys`` (eval mode)."""
-    n = len(x)
-    if n == 0:
-        return [(float("nan"), float("nan")) for _ in ys]
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    loss = [torch.zeros((), dtype=torch.float64, device=device) for _ in ys]
-    hits = [torch.zeros((), dtype=torch.int64, device=device) for _ in ys]
-    try:
-        with torch.inference_mode():
-            for i in range(0, n, batch_size):
-                logits = model(x[i : i + batch_size].to(device, non_blocking=True))
-                pred = logits.argmax(1)
-                for k, y in enumerate(ys):
-                    yb = y[i : i + batch_size].to(device, non_blocking=True)
-                    loss[k] += F.cross_entropy(logits, yb, reduction="sum").double()
-                    hits[k] += (pred == yb).sum()
-    finally:
-        model.train(was_training)
-    return [(lo.item() / n, h.item() / n) for lo, h in zip(loss, hits)]
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) of ``model`` on ``(x, y)``, in eval mode, under inference_mode.
-
-    Batches are moved to the model's device; the model's train/eval mode is restored afterwards.
-    """
-    if len(x) != len(y):
-        raise SingledirError(f"x and y differ in length ({len(x)} vs {len(y)}); pass matching tensors")
-    if int(batch_size) < 1:
-        raise SingledirError(f"batch_size must be >= 1, got {batch_size}")
-    return _eval_stats(model, x, [y], int(batch_size))[0]
 
 
 # ---------------------------------------------------------------------------- data
@@ -127,35 +90,7 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-# ---------------------------------------------------------------------------- run dir states
-def _check_fresh_target(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise RunDirError(f"{out} exists and is not a directory; choose another out_dir")
-    if (out / rd.CONFIG).is_file():
-        if not overwrite:
-            if rd.is_complete(out):
-                raise RunDirError(f"{out} is a complete run; pass overwrite=True to replace it or choose another out_dir")
-            raise RunDirError(
-                f"{out} holds an incomplete (interrupted) run; continue it with resume=True "
-                f"or pass overwrite=True to start again"
-            )
-        return
-    if any(out.iterdir()):
-        raise RunDirError(f"{out} is a non-empty directory that is not a run; choose another out_dir")
-
-
-def _clear(out: Path) -> None:
-    if out.exists() and (out / rd.CONFIG).is_file():
-        shutil.rmtree(out)
-
-
-def _config_mismatch(stored: TrainConfig, given: TrainConfig) -> list[str]:
-    a, b = stored.to_dict(), given.to_dict()
-    return [f"{k}={b[k]!r} (run has {a[k]!r})" for k in a if a[k] != b[k] and k not in RUNTIME_SETTINGS]
-
-
+# ---------------------------------------------------------------------------- progress
 def _set_postfix(bar, history: list[dict]) -> None:
     """The tqdm postfix: last training loss/accuracy and the last test accuracy measured."""
     last = history[-1]
@@ -216,38 +151,6 @@ def _train(
                            callbacks=callbacks)[0]
     trainer = _Trainer(cfg, out, progress, callbacks)
     return trainer.resume(stored) if stored is not None else trainer.fresh(overwrite)
-
-
-def resolve_target(config, out: Path, *, overwrite: bool, resume: bool) -> tuple[TrainConfig, dict | None]:
-    """The validated config of a run to train into ``out``, and its stored config.json when resuming.
-
-    Raises what :func:`train` documents (both flags, a complete run to resume, a config that differs
-    from the stored one, a target that is not fresh).
-    """
-    if resume:
-        if overwrite:
-            raise SingledirError("pass either resume=True or overwrite=True, not both")
-        stored = rd.read_config(out)
-        if rd.is_complete(out):
-            raise RunDirError(f"{out} is already a complete run; nothing to resume (load it with singledir.load_run)")
-        # runs written before these settings existed: their engine was the reference loop, and they
-        # evaluated the test set every epoch
-        stored_cfg = {"engine": "reference", "history_every": 1, **stored}
-        cfg = TrainConfig.from_dict(stored_cfg, strict=False)
-        if config is not None:
-            given = TrainConfig.coerce(config)
-            diff = _config_mismatch(cfg, given)
-            if diff:
-                raise SingledirError(
-                    f"settings differ from the run being resumed: {'; '.join(diff)}; drop them to resume"
-                )
-            cfg = dataclasses.replace(cfg, **{k: getattr(given, k) for k in RUNTIME_SETTINGS})
-        return cfg, stored
-    if config is None:
-        raise SingledirError("a training config is required (None is only allowed with resume=True)")
-    cfg = TrainConfig.coerce(config)
-    _check_fresh_target(out, overwrite)
-    return cfg, None
 
 
 train.__doc__ = _train.__doc__ + _ONE_WRITER

@@ -14,9 +14,10 @@ ablation applied at the markers by the very same edit function the reference ins
 level walk and its incremental updates are in :mod:`.walk`; the column-major layout, buffers and fusions
 in :mod:`.layout`; scoring in :mod:`.scoring`.
 
-*Chunks.* Example chunks are sized so that the recomputed state of one chunk stays cache-sized on the CPU
-(``_CACHE_TARGET``), or fits a quarter of the free memory of a CUDA device, and everything held by the
-workers at once stays within ``memory_budget``; their number is a multiple of the workers (:mod:`.pool`).
+*Chunks* (sized by :mod:`.probe`). Example chunks are sized so that the recomputed state of one chunk
+stays cache-sized on the CPU (``_CACHE_TARGET``), or fits a quarter of the free memory of a CUDA device,
+and everything held by the workers at once stays within ``memory_budget``; their number is a multiple of
+the workers (:mod:`.pool`).
 
 *Noise* (:mod:`.noise`) uses the same cached prefix, layout, buffers and batched scoring; its draws depend
 only on (seed, repeat, layer, example index, unit), as in the reference. *Threads* (:mod:`.pool`): chunks
@@ -29,10 +30,11 @@ Linear read-out at every position (:mod:`.walk`); their single-unit and noise pa
 MLP's 128 hidden.0 units, 10k images: 0.56 s row-major vs 0.98 s column-major dense); there a narrow
 readout (<= ``_NARROW_OUT`` outputs) still runs as ``W h^T``.
 
-Assumptions (checked where possible, else :class:`~.graph.TraceFailed` and the hook path is used): one
-input tensor, a logits tensor output, examples treated independently in eval mode (chunks and row subsets
-of a batch give the same per-example results), no in-place op in the cached prefix on a value the rest
-read earlier, and a traced graph that reproduces the model's output on a probe batch.
+Assumptions (checked where possible -- by :func:`.probe.probe` --, else :class:`~.graph.TraceFailed` and
+the hook path is used): one input tensor, a logits tensor output, examples treated independently in eval
+mode (chunks and row subsets of a batch give the same per-example results), no in-place op in the cached
+prefix on a value the rest read earlier, and a traced graph that reproduces the model's output on a probe
+batch.
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ import torch.nn.functional as F
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from singledir.errors import SingledirError
 from singledir.reliance.fast.graph import (
     Split,
     TraceFailed,
@@ -68,21 +69,13 @@ from singledir.reliance.fast.layout import (
 from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, check_total, example_scores, score_logits
 from singledir.reliance.fast.noise import noise_counts
 from singledir.reliance.fast.pool import chunk_workers, example_chunks, host_reads_free, map_chunks
+from singledir.reliance.fast.probe import probe
 from singledir.reliance.fast.walk import ChainUpdates, LevelWalk, SingleAblation
 from singledir.reliance.inputs import ModelInput, check_finite
-from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET, check_logits
+from singledir.reliance.plan import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["FastEvaluator"]
 
-#: Target size of the per-level recomputed state of one example chunk (stays in the CPU's cache).
-_CACHE_TARGET = 16 << 20
-_MIN_CHUNK = 512
-#: What running the traced graph node by node raises when an op of the model cannot run that way (the model
-#: itself has just run on the same batch): an op given an argument of a type or layout it does not take.
-#: Anything else -- out of memory, a SingledirError, a KeyError / AttributeError / AssertionError of a bug in
-#: the engine -- propagates instead of becoming a silent fallback to the hook path.
-_CANNOT_RUN = (RuntimeError, TypeError, ValueError, NotImplementedError, IndexError)
-_NEVER_FALLBACK = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError, SingledirError)
 #: Linear layers with at most this many outputs run as a transposed GEMM even on row-major input.
 _NARROW_OUT = 16
 
@@ -117,7 +110,7 @@ class FastEvaluator:
         self.relu_nodes = self._find_relu_nodes()
         self.out_features = {n: wb[0].shape[0] for n, wb in self.linear_nodes.items() if wb is not None}
         self.colmajor = False
-        self._probe()
+        probe(self)
         self.chains = {}
         #: layers whose units are not on axis 1 (transformer MLP neurons): see the module docstring
         self.other_axis = {p.name for p in plans if p.unit_dim != 1}
@@ -244,71 +237,6 @@ class FastEvaluator:
             ):
                 found.add(n)
         return found
-
-    def _matches_model(self, got, ref) -> bool:
-        return isinstance(got, torch.Tensor) and got.shape == ref.shape and torch.allclose(
-            got, ref, rtol=1e-4, atol=1e-5 * (1 + float(ref.abs().max()))
-        )
-
-    def _probe(self):
-        """Run the traced graph on a few examples: check it matches the model, measure sizes, and decide
-        whether 2-D activations are kept column-major (:mod:`.layout`)."""
-        x = self.feed(self.batches[0][0][:3])
-        n = self.probe_n = x.shape[0]
-        ref = check_logits(self.model(x))  # the model's own errors (and out-of-memory) propagate as they are
-        try:
-            env = self.split.run_prefix(x)
-            cache = dict(env)
-            self.run_rest(env, self.split.rest)
-        except _CANNOT_RUN as exc:  # an op the node-by-node execution cannot run: use the hook path
-            if isinstance(exc, _NEVER_FALLBACK):
-                raise
-            raise TraceFailed(f"running the traced graph failed: {type(exc).__name__}: {exc}") from exc
-        got = env[self.out_node]
-        if not self._matches_model(got, ref):
-            raise TraceFailed("the traced graph does not reproduce the model's output")
-        if self.linear_nodes and any(self._colmajor_ok(k, v) for k, v in cache.items()):
-            self.colmajor = True
-            try:
-                cenv = self.to_colmajor(cache)
-                self.run_rest(cenv, self.split.rest)
-                self.colmajor = self._matches_model(cenv[self.out_node], ref)
-            except RuntimeError as exc:  # an op of the model needs row-major 2-D tensors (e.g. .view)
-                if isinstance(exc, _NEVER_FALLBACK):
-                    raise
-                self.colmajor = False
-        self.shapes = {k: tuple(v.shape) for k, v in env.items() if isinstance(v, torch.Tensor)}
-        self.dtypes = {k: v.dtype for k, v in env.items() if isinstance(v, torch.Tensor)}
-        for m in self.split.markers:
-            h = env[m]
-            if not isinstance(h, torch.Tensor) or h.ndim < 2 or h.shape[0] != n:
-                raise TraceFailed(f"marker of {self.split.marker_layer[m]} has no batch/unit dimension")
-        cache = sum(nbytes(env[b]) for b in self.split.boundary) / n
-        rest = sum(nbytes(env.get(r)) for r in self.split.rest) / n
-        acc = sum(2 * nbytes(env.get(m)) for m in self.split.markers) / n
-        peak = max((nbytes(v) for v in env.values()), default=0) / n
-        per_example = self.bytes_per_example = cache + 3 * rest + 2 * acc + 2 * peak + 1
-        self.rest_bytes = rest + acc
-        n_budget = max(1, int(self.budget // (per_example * self.workers)))
-        self.chunk = self._balanced(min(n_budget, self._device_chunk(per_example)))
-
-    def _device_chunk(self, per_example: float) -> int:
-        """Examples per chunk the device favours. CPU: the recomputed state of a chunk stays in the cache
-        (``_CACHE_TARGET``; the walks are memory-bandwidth bound). CUDA: as many as a quarter of the free
-        device memory holds (``torch.cuda.mem_get_info``): larger chunks, fewer kernel launches. Other
-        devices: the CPU rule."""
-        if self.device.type == "cuda":
-            free, _total = torch.cuda.mem_get_info(self.device)
-            return max(_MIN_CHUNK, int(free // 4 // per_example))
-        return max(_MIN_CHUNK, int(_CACHE_TARGET // max(1.0, self.rest_bytes)))
-
-    def _balanced(self, chunk: int) -> int:
-        """``chunk`` lowered so that the chunks are of about equal size and their number is a multiple of
-        the workers (two workers and three chunks would leave one worker idle a third of the time)."""
-        total = sum(int(b[1].shape[0]) for b in self.batches)
-        count = max(1, math.ceil(total / chunk))
-        count = self.workers * math.ceil(count / self.workers) if total >= self.workers else count
-        return max(1, math.ceil(total / count))
 
     def _last_axis_chain_ok(self, ch) -> bool:
         """A marker with units on its last axis read directly by a Linear over that axis (the down-projection
