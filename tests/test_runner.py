@@ -72,6 +72,39 @@ def test_analysis_cache_is_keyed_on_the_measurement_code_and_the_device(tmp_path
     assert len(_calls(log)) == 5 and r.analyses[-1]["cached"] is False
 
 
+def test_leases_a_killed_writer_left_on_finished_work_are_removed_when_it_is_reused(tmp_path):
+    """A group member is complete (and an analysis written) before its killed writer released the leases:
+    the next runner reuses the work and removes the dead holder's leases; a live holder's lease stays."""
+    import socket
+
+    from singledir.experiments.leases import writer_lock_path
+    from singledir.experiments.runner import _cache_paths, lease_path
+
+    log = tmp_path / "calls.jsonl"
+    r = Runner(tmp_path / "runs", progress=False)
+    (run,) = r.train([TINY])
+    r.analyze(count_calls, [run], dict(log=str(log)))
+    folder, stem = _cache_paths(run, count_calls, dict(log=str(log)))
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"host": socket.gethostname(), "pid": int(child.stdout), "token": "t", "beat": 0}  # that process exited
+    leases = [lease_path(run), writer_lock_path(run), folder / f"{stem}.lease"]
+    for path in leases:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dead))
+    r2 = Runner(tmp_path / "runs", progress=False)
+    r2.train([TINY])
+    r2.analyze(count_calls, [run], dict(log=str(log)))
+    assert r2.reused == [run.name] and r2.analyses[-1]["cached"] is True
+    assert [p for p in leases if p.exists()] == []
+
+    alive = dict(dead, pid=os.getpid())  # a live holder (this process): its leases are kept
+    for path in leases:
+        path.write_text(json.dumps(alive))
+    r2.train([TINY])
+    r2.analyze(count_calls, [run], dict(log=str(log)))
+    assert all(p.exists() for p in leases)
+
+
 def test_measurement_code_hash_covers_the_reliance_package():
     import singledir.reliance
 

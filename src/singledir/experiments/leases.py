@@ -53,8 +53,8 @@ from filelock import FileLock
 from singledir.errors import LockedError, SingledirError
 from singledir.io import atomic_write_text
 
-__all__ = ["BUSY", "HEARTBEAT_S", "STALE_AFTER_S", "Lease", "LeaseLostError", "holder", "journal", "read_journal",
-           "writer_lock", "writer_lock_path"]
+__all__ = ["BUSY", "HEARTBEAT_S", "STALE_AFTER_S", "Lease", "LeaseLostError", "clear_if_dead", "holder", "journal",
+           "read_journal", "writer_lock", "writer_lock_path"]
 
 HEARTBEAT_S = 5.0  # how often a holder rewrites its lease (beat + 1)
 STALE_AFTER_S = 60.0  # a lease whose beat nobody saw change this long (waiter's own clock) is taken over
@@ -247,6 +247,19 @@ class Lease:
 
 # ---------------------------------------------------------------------------- one writer per folder
 WRITERS_GUARD = ".singledir-writers.lock"  # one short-lived guard per parent folder for all its writer leases
+
+
+def clear_if_dead(path) -> None:
+    """Remove the lease file ``path`` when its holder is dead; a live holder keeps it.
+
+    The cleanup for work found finished: a writer killed after it wrote its result but before it released
+    its lease leaves the lease beside a complete result that the next worker reuses without taking it.
+    """
+    path = Path(path)
+    if path.exists():
+        lease = Lease(path)
+        if lease.acquire(wait=False):
+            lease.release()
 
 
 def writer_lock_path(folder) -> Path:

@@ -43,7 +43,7 @@ import pandas as pd
 
 from singledir.experiments.backends import import_ray, make_backend
 from singledir.experiments.codehash import measurement_code_hash, training_code_hash
-from singledir.experiments.leases import BUSY, Lease, journal
+from singledir.experiments.leases import BUSY, Lease, clear_if_dead, journal
 from singledir.experiments.trainjobs import plan_groups, train_group_task
 # the training jobs, importable from here too (they lived here)
 from singledir.experiments.trainjobs import (  # noqa: F401
@@ -130,6 +130,7 @@ def analyze_one(fn: Callable, run_dir: str, params: dict, device: str = "cpu", w
     folder, stem = _cache_paths(run_dir, fn, params, device)
     index = _index_path(folder, stem)
     if index.is_file():
+        clear_if_dead(folder / f"{stem}.lease")  # a worker killed after writing the index left its lease
         return "cached"
     lease = Lease(folder / f"{stem}.lease")
     if not lease.acquire(wait=wait):
@@ -263,6 +264,7 @@ class Runner:
                 continue
             seen.add(d)
             if rd.is_complete(d):
+                release_dead_leases(d)  # a group killed after this member completed left its leases
                 self.reused.append(d.name)
             else:
                 todo.append((c, str(d)))
@@ -320,9 +322,11 @@ class Runner:
             if key in seen:
                 continue
             dev = str(self.device)
-            cached = is_analyzed(fn, d, p, dev)
-            seen[key] = {"run": Path(d).name, "analysis": fn.__name__, "key": _cache_paths(Path(d), fn, p, dev)[1],
-                         "cached": cached}
+            folder, stem = _cache_paths(Path(d), fn, p, dev)
+            cached = _index_path(folder, stem).is_file()
+            if cached:  # a worker killed after writing the result left its lease
+                clear_if_dead(folder / f"{stem}.lease")
+            seen[key] = {"run": Path(d).name, "analysis": fn.__name__, "key": stem, "cached": cached}
             log.append(seen[key])
             if not cached:
                 todo.append((key, (fn, str(d), p, dev)))

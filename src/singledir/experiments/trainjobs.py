@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from singledir.experiments.leases import BUSY, Lease, journal
+from singledir.experiments.leases import BUSY, Lease, clear_if_dead, journal
 
 __all__ = ["GROUP_SIZE", "journal_path", "lease_path", "move_aside", "plan_groups", "release_dead_leases",
            "train_group_task", "train_one"]
@@ -71,9 +71,7 @@ def release_dead_leases(run_dir) -> None:
     from singledir.experiments.leases import writer_lock_path
     from singledir.training import rundir as rd
 
-    lease = Lease(lease_path(run_dir))
-    if lease.path.exists() and lease.acquire(wait=False):
-        lease.release()
+    clear_if_dead(lease_path(run_dir))
     if writer_lock_path(run_dir).exists():
         try:
             with rd.run_lock(run_dir):
