@@ -56,6 +56,7 @@ from singledir.reliance.fast.graph import (
     run_node,
     trace_with_markers,
 )
+from singledir.reliance.fast.chainwalk import DenseChain
 from singledir.reliance.fast.layout import (
     Folded,
     buffer,
@@ -147,6 +148,7 @@ class FastEvaluator:
             if len(users) == 1 and users[0] in self.linear_nodes and users[0].args[0] is m:
                 self.folded_markers[m] = users[0]
         self.updates = ChainUpdates(self)
+        self.dense_chain = DenseChain.build(self)  # MLP rests: the tight walk of :mod:`.chainwalk`
         self._prefix_cache: dict = {}
         self._prefix_bytes = 0
         self._prefix_lock = threading.Lock()
@@ -431,8 +433,14 @@ class FastEvaluator:
                     size = max(1, min(32, SCORE_RING // max(1, out.numel() * out.element_size())))
                     queue = ScoreQueue(y, out.shape[1], out.dtype, size)
                 for ci, curve in enumerate(curves):
-                    walk = LevelWalk(self, base_env, curve.plans, bufs)
-                    self._walk(ci, curve, walk, base_scores, y, queue, res[ci], watched)
+                    if queue is not None and self.dense_chain is not None and self.dense_chain.fits(curve.plans):
+                        self.dense_chain.walk(curve, base_env, bufs, queue, watched, ci)
+                        for i, c, lo in queue.flush():
+                            res[ci][0][i] += c
+                            res[ci][1][i] += lo
+                    else:
+                        walk = LevelWalk(self, base_env, curve.plans, bufs)
+                        self._walk(ci, curve, walk, base_scores, y, queue, res[ci], watched)
                     bar.update(len(curve.levels))
                 return res, watched
 
