@@ -38,8 +38,9 @@ __all__ = ["DenseChain"]
 
 
 class _Stage:
-    """Marker ``marker`` of layer index ``li`` read by Linear ``lin`` (weight (out, C), bias); ``relu``: the
-    ReLU after it (None for the output Linear)."""
+    """Linear ``lin`` (weight (out, C), bias) reading marker ``marker`` of layer index ``li`` (both None when
+    it reads the previous stage's ReLU directly: a layer not analysed); ``relu``: the ReLU after it (None
+    for the output Linear)."""
 
     __slots__ = ("marker", "li", "lin", "relu", "wt32", "wt64", "nwt32", "nwt64", "bias", "units")
 
@@ -83,7 +84,7 @@ class DenseChain:
 
     def __init__(self, ev, stages: list):
         self.ev, self.stages = ev, stages
-        self.stage_of = {st.li: i for i, st in enumerate(stages)}
+        self.stage_of = {st.li: i for i, st in enumerate(stages) if st.li is not None}
 
     @classmethod
     def build(cls, ev):
@@ -91,30 +92,35 @@ class DenseChain:
         if not ev.colmajor or ev.inplace or ev.other_axis or ev.device.type != "cpu":
             return None
         rest = list(ev.split.rest)
-        stages, i = [], 0
+        stages, i, prev = [], 0, None
         while i < len(rest):
-            m = rest[i]
+            m, li = rest[i], None
             name = ev.split.marker_layer.get(m)
-            ch = ev.chains.get(m)
-            if name is None or ch is None or len(ev.traced.markers.get(name, ())) != 1:
+            if name is not None:  # an analysed layer's marker, read only by its consumer Linear
+                ch = ev.chains.get(m)
+                if ch is None or len(ev.traced.markers.get(name, ())) != 1 or m.args[0] is not prev and prev is not None:
+                    return None
+                if ch.kind != "linear" or ch.r != 1 or ch.ops or ch.last_axis or ev.folded_markers.get(m) is not ch.consumer:
+                    return None
+                li = ev.layer_index[name]
+                i += 1
+            elif prev is None:
                 return None
-            if ch.kind != "linear" or ch.r != 1 or ch.ops or ch.last_axis or ev.folded_markers.get(m) is not ch.consumer:
-                return None
-            lin = ch.consumer
+            lin = rest[i] if i < len(rest) else None
             wb = ev.linear_nodes.get(lin)
-            if wb is None or i + 1 >= len(rest) or rest[i + 1] is not lin or wb[0].dtype != torch.float32:
+            if wb is None or wb[0].dtype != torch.float32 or (li is None and lin.args[0] is not prev):
                 return None
-            if i + 2 == len(rest):  # the output Linear
+            if i + 1 == len(rest):  # the output Linear
                 if lin is not ev.out_node:
                     return None
-                stages.append(_Stage(m, ev.layer_index[name], lin, None, *wb))
+                stages.append(_Stage(m if li is not None else None, li, lin, None, *wb))
                 break
-            relu = ev.relu_of_consumer.get(lin)
-            if relu is None or i + 3 >= len(rest) or rest[i + 2] is not relu or rest[i + 3].args[0] is not relu:
+            relu = rest[i + 1]
+            if relu not in ev.relu_nodes or relu.args[0] is not lin or len(lin.users) != 1 or len(relu.users) != 1:
                 return None
-            stages.append(_Stage(m, ev.layer_index[name], lin, relu, *wb))
-            i += 3
-        if not stages or len(stages) != len(ev.names) or i + 2 != len(rest):
+            stages.append(_Stage(m if li is not None else None, li, lin, relu, *wb))
+            prev, i = relu, i + 2
+        if not stages or stages[-1].relu is not None or sum(s.li is not None for s in stages) != len(ev.names):
             return None
         return cls(ev, stages)
 
@@ -136,15 +142,16 @@ class _ChainWalk:
     def __init__(self, dc: DenseChain, base_env: dict, plans, bufs: dict):
         self.dc, self.bufs = dc, bufs
         st = dc.stages
-        self.h = [base_env[s.marker.args[0]].t() for s in st]
+        self.h = [base_env[s.lin.args[0] if s.marker is None else s.marker.args[0]].t() for s in st]
         self.z = [base_env[s.lin].t() for s in st]
         self.owned = [False] * len(st)  # z[i] is this walk's buffer (else the base env's tensor)
-        self.rows = [list(h.unbind(0)) for h in self.h]
+        self.rows = [None if s.li is None else list(h.unbind(0)) for s, h in zip(st, self.h)]
         self.acc: list = [None] * len(st)
         self.counts = [0] * len(st)
-        self.values = [plans[s.li].values.tolist() for s in st]
-        self.fold_t = [buffer(bufs, ("wk", i), s.wt32).copy_(s.wt32) for i, s in enumerate(st)]  # (C, out)
-        self.fold_rows = [list(w.unbind(0)) for w in self.fold_t]
+        self.values = [None if s.li is None else plans[s.li].values.tolist() for s in st]
+        # (C, out) weights with the ablated units' rows zeroed (a copy only where units are ablated)
+        self.fold_t = [s.wt32 if s.li is None else buffer(bufs, ("wk", i), s.wt32).copy_(s.wt32) for i, s in enumerate(st)]
+        self.fold_rows = [None if s.li is None else list(w.unbind(0)) for s, w in zip(st, self.fold_t)]
         self.fill = [None] * len(st)  # float32 (C,) clamp values of ablated units with a non-zero clamp
         self.fbias = [s.bias for s in st]  # bias + W fill
 
@@ -201,7 +208,7 @@ class _ChainWalk:
             hb = buffer(self.bufs, ("h", j), h)
             if hb is not h:
                 self.h[j] = hb
-                self.rows[j] = list(hb.unbind(0))
+                self.rows[j] = None if stages[j].li is None else list(hb.unbind(0))
             torch.clamp_min(self.z[j - 1], 0, out=hb)
             self._linear(j)
 

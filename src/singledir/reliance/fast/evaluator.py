@@ -68,6 +68,7 @@ from singledir.reliance.fast.layout import (
 )
 from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, check_total, example_scores, score_logits
 from singledir.reliance.fast.noise import noise_counts
+from singledir.reliance.fast.singles import chain_singles
 from singledir.reliance.fast.pool import chunk_workers, example_chunks, host_reads_free, map_chunks
 from singledir.reliance.fast.walk import ChainUpdates, LevelWalk, SingleAblation
 from singledir.reliance.inputs import ModelInput, check_finite
@@ -497,10 +498,18 @@ class FastEvaluator:
         watch = set(watch or ())
         with tqdm(total=self.nchunks() * len(units), desc="importance", disable=not self.progress, leave=False) as bar:
 
+            chain = self.dense_chain
+            grouped = (chain is not None and self.sparse_steps and chain.fits(plans)  # host reads per group of units
+                       and all(li in chain.stage_of for li, _u in units))
+
             def one(start, x, y):
                 watched = {key: [] for key in watch}
                 y = y.to(self.device)
                 base_env = self.base_env(start, x, colmajor=False)  # row-major (this module's docstring)
+                if grouped:  # units stacked in groups (:mod:`.singles`)
+                    t = chain_singles(chain, base_env, plans, units, y, watch, watched)
+                    bar.update(len(units))
+                    return t.cpu().numpy(), watched
                 base_cv, base_lv = example_scores(base_env[self.out_node], y)
                 base = torch.stack([base_cv.sum(dtype=torch.float64), base_lv.sum()])
                 single = SingleAblation(self, base_env, plans)
