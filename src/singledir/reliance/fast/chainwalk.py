@@ -132,15 +132,15 @@ class DenseChain:
         """Walk ``curve``'s levels on the chunk of ``base_env`` (column-major), pushing each level's logits
         to ``queue`` (:class:`~.scoring.ScoreQueue`, keyed by level index; the caller flushes it) and keeping
         those of ``watched`` levels."""
-        _ChainWalk(self, base_env, curve.plans, bufs).run(curve, queue, watched, ci)
+        _ChainWalk(self, base_env, curve.plans, bufs, queue).run(curve, watched, ci)
 
 
 class _ChainWalk:
     """One curve's walk on one chunk: per stage the transposed input ``h`` (C, n), consumer output ``z``
     (out, n), folded weights and anchored accumulator."""
 
-    def __init__(self, dc: DenseChain, base_env: dict, plans, bufs: dict):
-        self.dc, self.bufs = dc, bufs
+    def __init__(self, dc: DenseChain, base_env: dict, plans, bufs: dict, queue):
+        self.dc, self.bufs, self.queue = dc, bufs, queue
         st = dc.stages
         self.h = [base_env[s.lin.args[0] if s.marker is None else s.marker.args[0]].t() for s in st]
         self.z = [base_env[s.lin].t() for s in st]
@@ -154,17 +154,23 @@ class _ChainWalk:
         self.fold_rows = [None if s.li is None else list(w.unbind(0)) for s, w in zip(st, self.fold_t)]
         self.fill = [None] * len(st)  # float32 (C,) clamp values of ablated units with a non-zero clamp
         self.fbias = [s.bias for s in st]  # bias + W fill
+        self.slot = None  # the queue slot holding the logits the last readout wrote
 
-    def run(self, curve, queue, watched, ci: int) -> None:
-        k = 0
+    def run(self, curve, watched, ci: int) -> None:
+        k, queue = 0, self.queue
         for i, level in enumerate(curve.levels):
+            in_slot = False
             if level > k:
                 self.advance(curve.units_between(k, level))
+                in_slot = self.z[-1] is self.slot
                 k = level
             logits = self.z[-1].t()
             if (ci, i) in watched:
                 watched[(ci, i)].append(logits.clone())
-            queue.push(logits, i)
+            if in_slot:  # the readout was computed in the queue's slot
+                queue.commit(i)
+            else:
+                queue.push(logits, i)
 
     def _ablate(self, i: int, units) -> None:
         """Fold the clamps of ``units`` of stage ``i`` into its Linear's weights / bias."""
@@ -221,11 +227,14 @@ class _ChainWalk:
 
     def _linear(self, i: int) -> None:
         """Stage ``i``'s Linear on its current input with the folded weights (its accumulator restarts)."""
-        z = buffer(self.bufs, ("z", i), self.z[i])
+        if i + 1 == len(self.dc.stages):  # the logits: straight into the score queue's next slot
+            z = self.slot = self.queue.slot()
+        else:
+            z = buffer(self.bufs, ("z", i), self.z[i])
         b = self.fbias[i]
         w = self.fold_t[i].t()
         if b is None:
             torch.mm(w, self.h[i], out=z)
         else:
             torch.addmm(b.unsqueeze(1), w, self.h[i], out=z)
-        self.z[i], self.owned[i], self.acc[i] = z, True, None
+        self.z[i], self.owned[i], self.acc[i] = z, z is not self.slot, None

@@ -64,6 +64,17 @@ class ScoreQueue:
         if len(self.pending) == self.ring.shape[0]:
             self._score_pending()
 
+    def slot(self) -> torch.Tensor:
+        """The (classes, n) slot the next :meth:`push` would copy into: a walk may compute the logits there
+        and :meth:`commit` them instead (no copy)."""
+        return self.ring[len(self.pending)]
+
+    def commit(self, key) -> None:
+        """Queue the logits written into :meth:`slot`."""
+        self.pending.append(key)
+        if len(self.pending) == self.ring.shape[0]:
+            self._score_pending()
+
     def flush(self) -> list:
         """Score the queued levels; returns (and clears) every ``(key, correct, loss)`` scored so far."""
         self._score_pending()
