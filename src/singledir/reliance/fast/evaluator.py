@@ -27,7 +27,8 @@ Linear read-out at every position (:mod:`.walk`); their single-unit and noise pa
 
 *Importance* (single-unit ablations) stays row-major, where row-sparse steps are faster (measured on the
 MLP's 128 hidden.0 units, 10k images: 0.56 s row-major vs 0.98 s column-major dense); there a narrow
-readout (<= ``_NARROW_OUT`` outputs) still runs as ``W h^T``.
+readout (<= ``_NARROW_OUT`` outputs) still runs as ``W h^T``. Dense ReLU chains (MLPs) walk their curves
+with :class:`~.chainwalk.DenseChain` and ablate units in groups (:mod:`.singles`).
 
 Assumptions (checked where possible, else :class:`~.graph.TraceFailed` and the hook path is used): one
 input tensor, a logits tensor output, examples treated independently in eval mode (chunks and row subsets
