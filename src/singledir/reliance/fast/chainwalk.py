@@ -156,7 +156,9 @@ class _ChainWalk:
         self.fold_t = [s.wt32 if s.li is None else buffer(bufs, ("wk", i), s.wt32).copy_(s.wt32) for i, s in enumerate(st)]
         self.fold_rows = [None if s.li is None else list(w.unbind(0)) for s, w in zip(st, self.fold_t)]
         self.fill = [None] * len(st)  # float32 (C,) clamp values of ablated units with a non-zero clamp
-        self.fbias = [s.bias for s in st]  # bias + W fill
+        self.fold_w = [w.t() for w in self.fold_t]  # (out, C) views: zeroing a row of fold_t shows here
+        self.fbias = [None if s.bias is None else s.bias.unsqueeze(1) for s in st]  # bias + W fill, (out, 1)
+        self.hown = [False] * len(st)  # h[i] is this walk's ReLU buffer
         self.slot = None  # the queue slot holding the logits the last readout wrote
 
     def run(self, curve, watched, ci: int) -> None:
@@ -167,13 +169,12 @@ class _ChainWalk:
                 self.advance(curve.units_between(k, level))
                 in_slot = self.z[-1] is self.slot
                 k = level
-            logits = self.z[-1].t()
             if (ci, i) in watched:
-                watched[(ci, i)].append(logits.clone())
+                watched[(ci, i)].append(self.z[-1].t().clone())
             if in_slot:  # the readout was computed in the queue's slot
                 queue.commit(i)
             else:
-                queue.push(logits, i)
+                queue.push(self.z[-1].t(), i)
 
     def _ablate(self, i: int, units) -> None:
         """Fold the clamps of ``units`` of stage ``i`` into its Linear's weights / bias."""
@@ -188,7 +189,7 @@ class _ChainWalk:
                 fill_changed = True
         if fill_changed:
             fb = s.wt32.t() @ self.fill[i]
-            self.fbias[i] = fb if s.bias is None else s.bias + fb
+            self.fbias[i] = (fb if s.bias is None else s.bias + fb).unsqueeze(1)
         self.counts[i] += len(units)
 
     def advance(self, new: dict) -> None:
@@ -213,11 +214,11 @@ class _ChainWalk:
         else:  # fully ablated: recomputed (all weights folded to zero: the bias, as the reference)
             self._linear(i0)
         for j in range(i0 + 1, len(stages)):
-            h = self.h[j]
-            hb = buffer(self.bufs, ("h", j), h)
-            if hb is not h:
-                self.h[j] = hb
+            hb = self.h[j]
+            if not self.hown[j]:
+                hb = self.h[j] = buffer(self.bufs, ("h", j), hb)
                 self.rows[j] = None if stages[j].li is None else list(hb.unbind(0))
+                self.hown[j] = True
             torch.clamp_min(self.z[j - 1], 0, out=hb)
             self._linear(j)
 
@@ -233,11 +234,10 @@ class _ChainWalk:
         if i + 1 == len(self.dc.stages):  # the logits: straight into the score queue's next slot
             z = self.slot = self.queue.slot()
         else:
-            z = buffer(self.bufs, ("z", i), self.z[i])
+            z = self.z[i] if self.owned[i] else buffer(self.bufs, ("z", i), self.z[i])
         b = self.fbias[i]
-        w = self.fold_t[i].t()
         if b is None:
-            torch.mm(w, self.h[i], out=z)
+            torch.mm(self.fold_w[i], self.h[i], out=z)
         else:
-            torch.addmm(b.unsqueeze(1), w, self.h[i], out=z)
+            torch.addmm(b, self.fold_w[i], self.h[i], out=z)
         self.z[i], self.owned[i], self.acc[i] = z, z is not self.slot, None
