@@ -21,6 +21,7 @@ import singledir as sd
 from singledir.errors import SingledirError
 from singledir.models import build_model
 from singledir.reliance.fast import FastEvaluator
+from singledir.reliance.fast.chainwalk import _ChainWalk
 from singledir.reliance.fast.walk import LevelWalk
 from singledir.reliance.fast.layout import ANCHOR_EVERY, AnchoredSum
 from singledir.reliance.fast.scoring import example_scores, score_logits
@@ -240,14 +241,15 @@ def test_chunks_run_on_the_callers_threads_without_changing_them(data, monkeypat
         ev = evaluator(model, data, layers, memory_budget=int(60 * evaluator(model, data, layers).bytes_per_example))
         assert ev.workers == 2 and ev.nchunks() % 2 == 0  # balanced: a multiple of the workers
         names = []
-        real_advance = LevelWalk.advance
+        real_advance = {cls: cls.advance for cls in (LevelWalk, _ChainWalk)}  # _ChainWalk: the MLP's walks
 
         def spy(self, new):
             names.append(threading.current_thread().name)
-            return real_advance(self, new)
+            return real_advance[type(self)](self, new)
 
         monkeypatch.setattr(torch, "set_num_threads", no_set)
         monkeypatch.setattr(LevelWalk, "advance", spy)
+        monkeypatch.setattr(_ChainWalk, "advance", spy)
         kw = dict(repeats=2, levels=[0, 5, 10, 16], progress=False, memory_budget=ev.budget)
         two = {m: sd.ablation_curves(mm, data, ll, **kw) for m, mm, ll in
                (("mlp", model, layers), ("conv", conv, [conv.unit_layers[5]]))}
@@ -274,6 +276,7 @@ def test_chunks_run_on_the_callers_threads_without_changing_them(data, monkeypat
             raise RuntimeError("boom")
 
         monkeypatch.setattr(LevelWalk, "advance", boom)
+        monkeypatch.setattr(_ChainWalk, "advance", boom)
         with pytest.raises(RuntimeError, match="boom"):
             sd.ablation_curves(model, data, layers, repeats=1, levels=[0, 5, 10], progress=False,
                                memory_budget=ev.budget)

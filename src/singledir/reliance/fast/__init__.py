@@ -11,7 +11,11 @@ for its speed tricks beside its code:
 - :mod:`.layout` -- column-major 2-D activations, walk-owned buffers, folded clamps, anchored float32
   accumulators.
 - :mod:`.scoring` -- per-example and batched scoring of logits.
-- :mod:`.noise` -- noise curves: root linear consumers updated by one scaled term per noise scale.
+- :mod:`.noise` -- noise curves: root linear consumers updated by one scaled term per noise scale; the
+  readout of a noisy last layer as ``W h`` plus a per-scale term (one GEMM per repeat).
+- :mod:`.chainwalk` -- :class:`~.chainwalk.DenseChain`: level walks of dense ReLU chains (MLP rests) with
+  the per-level bookkeeping done once per chunk; readouts written straight into the score queue.
+- :mod:`.singles` -- single-unit ablations of dense ReLU chains, the changed rows of 8 units per batch of ops.
 - :mod:`.pool` -- example chunks walked by a pool of threads, as many as the caller's torch threads
   (never changed: no process-wide thread setting is touched).
 """

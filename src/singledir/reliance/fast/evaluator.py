@@ -28,7 +28,8 @@ Linear read-out at every position (:mod:`.walk`); their single-unit and noise pa
 
 *Importance* (single-unit ablations) stays row-major, where row-sparse steps are faster (measured on the
 MLP's 128 hidden.0 units, 10k images: 0.56 s row-major vs 0.98 s column-major dense); there a narrow
-readout (<= ``_NARROW_OUT`` outputs) still runs as ``W h^T``.
+readout (<= ``_NARROW_OUT`` outputs) still runs as ``W h^T``. Dense ReLU chains (MLPs) walk their curves
+with :class:`~.chainwalk.DenseChain` and ablate units in groups (:mod:`.singles`).
 
 Assumptions (checked where possible -- by :func:`.probe.probe` --, else :class:`~.graph.TraceFailed` and
 the hook path is used): one input tensor, a logits tensor output, examples treated independently in eval
@@ -57,6 +58,7 @@ from singledir.reliance.fast.graph import (
     run_node,
     trace_with_markers,
 )
+from singledir.reliance.fast.chainwalk import DenseChain
 from singledir.reliance.fast.layout import (
     Folded,
     buffer,
@@ -68,6 +70,7 @@ from singledir.reliance.fast.layout import (
 )
 from singledir.reliance.fast.scoring import SCORE_RING, ScoreQueue, check_total, example_scores, score_logits
 from singledir.reliance.fast.noise import noise_counts
+from singledir.reliance.fast.singles import chain_singles
 from singledir.reliance.fast.pool import chunk_workers, example_chunks, host_reads_free, map_chunks
 from singledir.reliance.fast.probe import probe
 from singledir.reliance.fast.walk import ChainUpdates, LevelWalk, SingleAblation
@@ -140,6 +143,7 @@ class FastEvaluator:
             if len(users) == 1 and users[0] in self.linear_nodes and users[0].args[0] is m:
                 self.folded_markers[m] = users[0]
         self.updates = ChainUpdates(self)
+        self.dense_chain = DenseChain.build(self)  # MLP rests: the tight walk of :mod:`.chainwalk`
         self._prefix_cache: dict = {}
         self._prefix_bytes = 0
         self._prefix_lock = threading.Lock()
@@ -359,8 +363,14 @@ class FastEvaluator:
                     size = max(1, min(32, SCORE_RING // max(1, out.numel() * out.element_size())))
                     queue = ScoreQueue(y, out.shape[1], out.dtype, size)
                 for ci, curve in enumerate(curves):
-                    walk = LevelWalk(self, base_env, curve.plans, bufs)
-                    self._walk(ci, curve, walk, base_scores, y, queue, res[ci], watched)
+                    if queue is not None and self.dense_chain is not None and self.dense_chain.fits(curve.plans):
+                        self.dense_chain.walk(curve, base_env, bufs, queue, watched, ci)
+                        for i, c, lo in queue.flush():
+                            res[ci][0][i] += c
+                            res[ci][1][i] += lo
+                    else:
+                        walk = LevelWalk(self, base_env, curve.plans, bufs)
+                        self._walk(ci, curve, walk, base_scores, y, queue, res[ci], watched)
                     bar.update(len(curve.levels))
                 return res, watched
 
@@ -417,10 +427,18 @@ class FastEvaluator:
         watch = set(watch or ())
         with tqdm(total=self.nchunks() * len(units), desc="importance", disable=not self.progress, leave=False) as bar:
 
+            chain = self.dense_chain
+            grouped = (chain is not None and self.sparse_steps and chain.fits(plans)  # host reads per group of units
+                       and all(li in chain.stage_of for li, _u in units))
+
             def one(start, x, y):
                 watched = {key: [] for key in watch}
                 y = y.to(self.device)
                 base_env = self.base_env(start, x, colmajor=False)  # row-major (this module's docstring)
+                if grouped:  # units stacked in groups (:mod:`.singles`)
+                    t = chain_singles(chain, base_env, plans, units, y, watch, watched)
+                    bar.update(len(units))
+                    return t.cpu().numpy(), watched
                 base_cv, base_lv = example_scores(base_env[self.out_node], y)
                 base = torch.stack([base_cv.sum(dtype=torch.float64), base_lv.sum()])
                 single = SingleAblation(self, base_env, plans)

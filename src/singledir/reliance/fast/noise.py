@@ -66,6 +66,51 @@ class _OnDevice:
         return hit
 
 
+def _noisy(h, z, std, bufs: dict, li: int):
+    """:func:`~singledir.reliance.edits.apply_noise` (``h + z * std``, the same two roundings) written into a
+    buffer of the walk: no fresh activation-sized tensors per configuration (a 1-D ``std`` only)."""
+    if std.ndim != 1 or z.shape != h.shape or z.stride() != h.stride():
+        return apply_noise(h, z, std)
+    out = buffer(bufs, ("noise", li), h)
+    torch.mul(z, std.to(dtype=h.dtype, device=h.device).view(unit_shape(h)), out=out)
+    return out.add_(h)
+
+
+def _readout_tail(ev, inc, todo):
+    """The last stage of ``ev``'s dense chain (:mod:`.chainwalk`) when its noisy marker feeds the output
+    Linear directly (the noise's readout term is then computed once per repeat, :func:`_noise_terms`)."""
+    dc = ev.dense_chain
+    if dc is None or not ev.colmajor:
+        return None
+    st = dc.stages[-1]
+    if st.li is None or st.marker in inc or st.marker not in todo or st.lin not in todo:
+        return None
+    return st
+
+
+def _noise_terms(st, z, stds):
+    """``W (z * std_s) + b`` for every scale ``s`` (``stds``: (S, C)), as ONE GEMM with the stacked weights
+    ``W * std_s``: (S * out, n). The readout of a noisy marker ``h + z * std_s`` is linear, so per
+    configuration it is ``W h + terms[s]`` (:func:`_readout`): the noisy activations are never formed.
+    (Float32 rounding: ``(W * std) z`` instead of ``W (z * std)`` -- within the near-tie rule of
+    :func:`singledir.reliance.testing.compare_noise`, like the fast path's other reorderings.)"""
+    w = st.wt32.t()  # (out, C)
+    ws = (w.unsqueeze(0) * stds.to(w.dtype).unsqueeze(1)).reshape(-1, w.shape[1])
+    bias = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if st.bias is None else st.bias
+    return torch.addmm(bias.repeat(stds.shape[0]).unsqueeze(1), ws, z.t())
+
+
+def _readout(st, env, terms, s, noise_fn, bufs):
+    """The logits (n, out), column-major, of scale ``s``: ``W h + terms[s]`` (or, without ``terms``: the
+    noisy marker formed by ``noise_fn`` and read out)."""
+    h = env[st.marker.args[0]]
+    out = st.wt32.shape[1]
+    if terms is None:  # (a one-example chunk: no score queue)
+        return F.linear(noise_fn(st.li, h), st.wt32.t(), st.bias)
+    lt = buffer(bufs, "readout", h, shape=(out, h.shape[0]), stride=(h.shape[0], 1))
+    return torch.addmm(terms[s * out : (s + 1) * out], st.wt32.t(), h.t(), out=lt).t()
+
+
 def noise_counts(ev, plan, watch=None):
     """``(correct[repeats, scales], loss_sum[repeats, scales])`` of :class:`~..plan.NoisePlan` ``plan``
     with ``ev`` (a :class:`~.evaluator.FastEvaluator`); ``watch``: ``(repeat, scale index)`` pairs whose
@@ -82,6 +127,9 @@ def noise_counts(ev, plan, watch=None):
     per_layer = [torch.stack([NoiseSpec(plan.sigmas[i], float(sc)).std for sc in plan.scales]).to(ev.device)
                  for i in range(len(ev.names))]
     stds_by_scale = [[per_layer[i][s] for i in range(len(ev.names))] for s in range(len(plan.scales))]
+    tail = _readout_tail(ev, inc, todo)
+    if tail is not None:
+        todo = [n for n in todo if n is not tail.marker and n is not tail.lin]
     watch = set(watch or ())
     with tqdm(total=ev.nchunks() * shape[0] * shape[1], desc="noise", disable=not ev.progress, leave=False) as bar:
 
@@ -110,6 +158,9 @@ def noise_counts(ev, plan, watch=None):
                                                     device=h.device, colmajor=key[2])
                     return z
 
+                terms = None
+                if tail is not None and queue is not None:  # W (z * std_s) + b of every scale: one GEMM
+                    terms = _noise_terms(tail, draw(tail.li, env0[tail.marker.args[0]]), per_layer[tail.li])
                 deltas = {}
                 for m, ch in roots:
                     li = ev.layer_index[ev.split.marker_layer[m]]
@@ -120,13 +171,16 @@ def noise_counts(ev, plan, watch=None):
                     stds = stds_by_scale[s]
 
                     def noise_fn(li, h, stds=stds, draw=draw):
-                        return apply_noise(h, draw(li, h), stds[li])
+                        return _noisy(h, draw(li, h), stds[li], bufs, li)
 
                     env = dict(env0)
                     for c, d in deltas.items():
                         env[c] = torch.add(env0[c], d, alpha=float(scale), out=buffer(bufs, c, env0[c]))
                     ev.run_rest(env, todo, noise_fn=noise_fn, bufs=bufs)
-                    logits = env[ev.out_node]
+                    if tail is not None:
+                        logits = _readout(tail, env, terms, s, noise_fn, bufs)
+                    else:
+                        logits = env[ev.out_node]
                     if (r, s) in watched:
                         watched[(r, s)].append(logits.clone())
                     if queue is not None:
