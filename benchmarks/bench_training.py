@@ -31,6 +31,7 @@ Usage::
     .venv/bin/python benchmarks/bench_training.py                  # ~5-8 min on 2 busy cores
     .venv/bin/python benchmarks/bench_training.py --quick          # ~2 min: fewer networks, no ConvNet
     .venv/bin/python benchmarks/bench_training.py --settings ensemble,grid-b32 --json out.json
+    .venv/bin/python benchmarks/bench_training.py --single-threads 1   # the one-by-one path on 1 thread
 """
 
 from __future__ import annotations
@@ -73,8 +74,14 @@ def _configs(setting: str, n: int, args) -> list[dict]:
     raise SystemExit(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
 
 
-def _one_by_one(config: dict, out: Path) -> dict:
-    return train(dict(config, engine="reference", history_every=1), out, progress=False).final
+def _one_by_one(config: dict, out: Path, threads: int | None = None) -> dict:
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return train(dict(config, engine="reference", history_every=1), out, progress=False).final
+    finally:
+        torch.set_num_threads(before)
 
 
 def _grouped(configs: list[dict], root: Path, setting: str, first: int) -> list[dict]:
@@ -84,7 +91,7 @@ def _grouped(configs: list[dict], root: Path, setting: str, first: int) -> list[
     return [r.final for r in train_group(configs, outs, progress=False)]
 
 
-def _interleaved(setting: str, configs: list[dict], n_single: int, n_group: int, root: Path):
+def _interleaved(setting: str, configs: list[dict], n_single: int, n_group: int, root: Path, threads=None):
     """``n_single`` rounds, each one network one by one and then one group of ``n_group`` (load drifts on
     these shared machines: interleaving puts both paths under the same load). Network ``i`` one by one has
     the config of grouped network ``i`` (both in the first round), so their accuracies can be compared."""
@@ -92,7 +99,7 @@ def _interleaved(setting: str, configs: list[dict], n_single: int, n_group: int,
     f_single, f_group = [], []
     for r in range(n_single):
         t0 = time.perf_counter()
-        f_single.append(_one_by_one(configs[r], root / f"ref{r}"))
+        f_single.append(_one_by_one(configs[r], root / f"ref{r}", threads))
         t1 = time.perf_counter()
         f_group += _grouped(configs[r * n_group:(r + 1) * n_group], root, setting, r * n_group)
         t2 = time.perf_counter()
@@ -109,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--group", type=int, default=16, help="networks per group (default 16)")
     ap.add_argument("--corrupt-epochs", type=int, default=5)
     ap.add_argument("--conv-epochs", type=int, default=2)
+    ap.add_argument("--single-threads", type=int, default=None,
+                    help="torch threads for the one-by-one path only (default: torch's default, as the grouped path)")
     ap.add_argument("--tol", type=float, default=0.02, help="per-network test-accuracy tolerance (default 0.02)")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 1 one-by-one and 8 grouped networks, no ConvNet")
     ap.add_argument("--json", help="also write the results here")
@@ -132,7 +141,8 @@ def main(argv=None) -> int:
             if setting == "corrupt-w512":
                 n_group = max(6, n_group // 4)  # the claim's 6 levels (x seeds); 512 wide
             configs = _configs(setting, max(n_single, n_group) * n_single, args)
-            t_single, f_single, t_group, f_group = _interleaved(setting, configs, n_single, n_group, root / setting)
+            t_single, f_single, t_group, f_group = _interleaved(setting, configs, n_single, n_group, root / setting,
+                                                                args.single_threads)
             rate_s, rate_g = 60 * n_single / t_single, 60 * len(f_group) / t_group
             ratio = rate_g / rate_s
             print(f"{setting}: one-by-one {rate_s:.2f}/min, grouped {rate_g:.2f}/min, ratio {ratio:.2f}x "

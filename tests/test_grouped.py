@@ -63,6 +63,50 @@ def test_alone_equals_inside_a_group_of_32(group32, tmp_path):
             assert _same(load_file(alone.run_dir / name), load_file(runs[i].run_dir / name))
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_parts_side_by_side_equal_one_stack(group32, tmp_path, monkeypatch, workers):
+    # the group cut into parts trained by threads, each part on one OpenMP / MKL thread (5 networks in 3
+    # parts: 2, 2 and 1 with its ghost), at torch's 2 intra-op threads: the same numbers as one stack
+    import singledir.training.grouped as grouped
+
+    configs, runs = group32
+    monkeypatch.setattr(grouped, "stack_workers", lambda device: workers)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parts = train_group(configs[:5], [tmp_path / f"p{i}" for i in range(5)], progress=False)
+        assert torch.get_num_threads() == 2  # the caller's count is left alone
+    finally:
+        torch.set_num_threads(before)
+    for i, r in enumerate(parts):
+        assert r.epoch == runs[i].epoch
+        assert _same(r.model.state_dict(), runs[i].model.state_dict())
+        pd.testing.assert_frame_equal(_hist(r), _hist(runs[i]))
+
+
+def test_map_parts_order_and_errors():
+    from singledir.training import threads
+    from singledir.training.threads import map_parts
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # each part on one thread (where this torch build has the thread-local setters), the caller's count kept
+        got = map_parts(lambda x: (x, torch.get_num_threads()), [1, 2, 3])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert [g[0] for g in got] == [1, 2, 3]
+    assert all(g[1] == 1 for g in got) or threads._setters() is None
+
+    def fail(x):
+        if x == 2:
+            raise ValueError("part 2")
+        return x
+
+    with pytest.raises(ValueError, match="part 2"):
+        map_parts(fail, [1, 2, 3])
+
+
 def test_group_run_directories_are_complete_and_loadable(group32):
     configs, runs = group32
     for c, r in zip(configs[:4], runs[:4]):

@@ -29,8 +29,9 @@ MEASUREMENT_CODE = ("reliance", "measures", "models", "data", "analysis", "devic
                     "training/run.py", "training/config.py")
 
 # The code whose edits can change a trained network's weights: its source hash is part of every run name.
-TRAINING_CODE = ("training/grouped.py", "training/stack.py", "training/loop.py", "training/target.py",
-                 "training/evaluation.py", "training/data.py", "training/config.py", "models", "data")
+TRAINING_CODE = ("training/grouped.py", "training/stack.py", "training/threads.py", "training/loop.py",
+                 "training/target.py", "training/evaluation.py", "training/data.py", "training/config.py", "models",
+                 "data")
 
 def _package_files(rels: Sequence[str]) -> list[Path]:
     """The ``.py`` files under the package-relative paths ``rels`` (folders searched recursively)."""

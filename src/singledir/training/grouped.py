@@ -7,7 +7,9 @@ permutation, its own dropout generator), its labels (corruption), learning rate,
 rate, stopping rule, checkpoints -- while the arithmetic of all of them runs as one: the layers are
 batched matrix products (``torch.baddbmm`` / ``torch.bmm``) over a leading network dimension, the
 evaluation of the training set (every epoch, for the stopping rule) and of the test set (only where a
-number is used: see ``TrainConfig.history_every``) is batched across the group too.
+number is used: see ``TrainConfig.history_every``) is batched across the group too. On the CPU the
+group is cut into as many stacks as torch has threads, trained side by side by Python threads, each on one
+OpenMP / MKL thread (:mod:`.threads`: faster than multi-threaded ops, and the same numbers).
 
 Exactness. ``bmm`` computes each slice of a stack of K >= 2 the same way whatever K is (checked on the
 CPU at 1 and 2 threads; K = 1 takes another kernel, ``addmm``, whose last bits differ at 2 threads). So
@@ -47,7 +49,8 @@ from singledir.io import atomic_save_safetensors, atomic_torch_save, atomic_writ
 from singledir.training import rundir as rd
 from singledir.training.config import RUNTIME_SETTINGS, TrainConfig
 from singledir.training.data import load_data
-from singledir.training.stack import Stack, eval_group
+from singledir.training.stack import Parts, Stack, eval_group
+from singledir.training.threads import map_parts, stack_workers
 from singledir.training.evaluation import _default_eval_batch
 from singledir.training.loop import _GLOBAL, _SHUFFLE, _build_model, _corrupt, _set_postfix, derive_seed
 from singledir.training.target import _clear, resolve_target
@@ -317,29 +320,38 @@ class _Group:
         self.x_train = ds.x_train.flatten(1).to(device)
         self.x_test = ds.x_test.flatten(1).to(device)
         self.y_test = ds.y_test.to(device)
+        self.workers, self.cpu = stack_workers(device), device.type == "cpu"  # see .threads
 
     def _row(self, epoch, tr, tr_clean, te, running, lr) -> dict:
         return {"epoch": epoch, "train_loss": tr[0], "train_acc": tr[1], "train_acc_clean": tr_clean[1],
                 "test_loss": te[0], "test_acc": te[1], "running_loss": running, "lr": lr, "seconds": 0.0}
 
-    def _evaluate(self, stack: Stack, epoch_of, tests_for: Callable[[_Member], bool], running: list[float]):
+    def _evaluate(self, stack: Parts, epoch_of, tests_for: Callable[[_Member], bool], running: list[float]):
         """Rows for the real slots: the training set always, the test set where ``tests_for(member)``."""
         t0 = time.perf_counter()
-        tr, tr_clean = eval_group(stack, self.x_train, [stack.y, stack.y_clean], self.eval_bs)
+
+        def evaluate(x, ys):  # per label set, per real slot of every part, in order
+            per_part = map_parts(lambda s: [r[: s.real] for r in eval_group(s, x, ys(s), self.eval_bs)],
+                                 stack.parts, self.cpu)
+            return [[v for res in per_part for v in res[j]] for j in range(len(per_part[0]))]
+
+        tr, tr_clean = evaluate(self.x_train, lambda s: [s.y, s.y_clean])
         rows = []
-        for k, mem in enumerate(stack.rows[: stack.real]):
+        for k, mem in enumerate(stack.rows):
             rows.append(self._row(epoch_of(mem), tr[k], tr_clean[k], (float("nan"), float("nan")), running[k],
                                   mem.cfg.lr))
-        need = [k for k, mem in enumerate(stack.rows[: stack.real]) if tests_for(mem, rows[k])]
+        need = [k for k, mem in enumerate(stack.rows) if tests_for(mem, rows[k])]
         if need:
-            k_all = len(stack.rows)
-            y_test = self.y_test.unsqueeze(0).expand(k_all, -1)
-            (te,) = eval_group(stack, self.x_test, [y_test], self.eval_bs)
+            (te,) = evaluate(self.x_test, lambda s: [self.y_test.unsqueeze(0).expand(len(s.rows), -1)])
             for k in need:
                 rows[k]["test_loss"], rows[k]["test_acc"] = te[k]
         return rows, time.perf_counter() - t0
 
-    def _train_epoch(self, stack: Stack) -> list[float]:
+    def _train_epoch(self, stack: Parts) -> list[float]:
+        """One epoch for every network, the parts side by side; mean training loss per network."""
+        return [v for res in map_parts(self._train_part, stack.parts, self.cpu) for v in res]
+
+    def _train_part(self, stack: Stack) -> list[float]:
         """One epoch for every slot, each network with its own permutation; mean training loss per real slot."""
         n, bs, dev = len(self.x_train), self.batch_size, self.device
         perms = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(
@@ -365,7 +377,7 @@ class _Group:
         # epoch 0 rows (the untrained models) for fresh members
         fresh = [m for m in members if m.fresh]
         if fresh:
-            stack = Stack(fresh, self.device)
+            stack = Parts(fresh, self.device, self.workers)
             rows, secs = self._evaluate(stack, lambda m: 0, lambda m, row: True, [float("nan")] * stack.real)
             for mem, row in zip(fresh, rows):
                 row["seconds"] = secs / len(fresh)
@@ -380,7 +392,7 @@ class _Group:
         with tqdm(total=total, initial=sum(m.epoch for m in members), desc=desc, unit="ep", disable=not self.progress,
                   leave=False, dynamic_ncols=True) as bar:
             while active:
-                stack = Stack(active, self.device)
+                stack = Parts(active, self.device, self.workers)
                 while True:
                     t0 = time.perf_counter()
                     running = self._train_epoch(stack)

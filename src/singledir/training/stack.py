@@ -5,8 +5,9 @@ operation computes each network's slice the same way whatever the number of netw
 network's numbers do not depend on its group (see :mod:`.grouped`'s docstring for why).
 
 Offers :class:`Stack` (the stacked weights and optimizer state of the active networks: forward pass,
-dropout masks, Adam / SGD steps, writing the state back) and :func:`eval_group` (loss and accuracy of
-every network of a stack on one input set).
+dropout masks, Adam / SGD steps, writing the state back), :class:`Parts` (the active networks cut into
+stacks trained side by side, see :mod:`.threads`) and :func:`eval_group` (loss and accuracy of every
+network of a stack on one input set).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Stack", "eval_group"]
+__all__ = ["Stack", "Parts", "eval_group"]
 
 # torch.optim.Adam's defaults (the reference engine uses them too)
 _BETAS, _EPS = (0.9, 0.999), 1e-8
@@ -159,24 +160,78 @@ class Stack:
 
         The kernel works tensor by tensor and element by element, so a network's numbers do not depend on
         which slots share its stack. (A hand-written update over the stacked tensors cost ~5x more: eight
-        passes over the weights per step dominated training at batch size 32.)
+        passes over the weights per step dominated training at batch size 32.) On the CPU, consecutive slots
+        with one (lr, weight decay, step) are passed as one *slab* (``t[a:b]``) wherever a slot's slice is a
+        whole number of :data:`_SLAB` elements (see there): the same arithmetic per element, and one
+        parallel region per tensor instead of one per slot and tensor (each a thread barrier, which costs
+        milliseconds when the cores are shared with other processes: 16 networks of 6 tensors were 80 of
+        them per step).
         """
-        groups: dict[tuple[float, float], list[int]] = {}
-        for k, r in enumerate(self.rows):
-            groups.setdefault((r.cfg.lr, r.cfg.weight_decay), []).append(k)
-        b1, b2 = _BETAS
-        for (lr, wd), slots in groups.items():
-            ps, gs, ms, vs, steps = [], [], [], [], []
-            for k in slots:
-                step = torch.tensor(float(self.rows[k].step + 1), device=self.wd.device)
-                for p, m, v in zip(self.params(), self.m, self.v):
+        groups: dict[tuple[float, float], tuple[list, list, list, list, list]] = {}
+        slab_ok = self.wd.device.type == "cpu"
+        params = self.params()
+        for a, b in _runs([(r.cfg.lr, r.cfg.weight_decay, r.step) for r in self.rows]):
+            r = self.rows[a]
+            ps, gs, ms, vs, steps = groups.setdefault((r.cfg.lr, r.cfg.weight_decay), ([], [], [], [], []))
+            step = torch.tensor(float(r.step + 1), device=self.wd.device)
+            for p, m, v in zip(params, self.m, self.v):
+                if slab_ok and p[0].numel() % _SLAB == 0:
+                    parts = [slice(a, b)]
+                else:
+                    parts = range(a, b)
+                for k in parts:
                     ps.append(p.data[k])
                     gs.append(p.grad[k])
                     ms.append(m[k])
                     vs.append(v[k])
                     steps.append(step)
+        b1, b2 = _BETAS
+        for (lr, wd), (ps, gs, ms, vs, steps) in groups.items():
             torch._fused_adam_(ps, gs, ms, vs, [], steps, lr=lr, beta1=b1, beta2=b2, weight_decay=wd, eps=_EPS,
                                amsgrad=False, maximize=False)
+
+
+#: torch's CPU fused Adam (aten/src/ATen/native/cpu/FusedAdamKernel.cpp) cuts a tensor into 64-byte units
+#: (16 float32) shared out between threads, and runs each thread's part as a vector loop with a scalar tail
+#: (different rounding) for the last ``numel % vector width`` elements of the tensor -- a width of at most
+#: 16 floats (AVX-512) that divides 16. A slab of slots whose slices are a multiple of 16 elements long has
+#: no tail inside any slice: every element gets the arithmetic it gets in its own slice.
+_SLAB = 16
+
+
+def _runs(keys: list) -> list[tuple[int, int]]:
+    """``(start, end)`` of the maximal runs of equal consecutive ``keys``."""
+    out, start = [], 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
+            out.append((start, i))
+            start = i
+    return out
+
+
+class Parts:
+    """The active networks cut into up to ``workers`` stacks of consecutive networks (``parts``), which
+    :func:`.threads.map_parts` trains side by side; each part has >= 2 networks but the last, which may
+    have one (and its ghost). ``rows`` / ``real``: the networks in order, as for one :class:`Stack`."""
+
+    def __init__(self, members: list, device: torch.device, workers: int = 1) -> None:
+        n = len(members)
+        k = max(1, min(workers, -(-n // 2)))
+        sizes = [n // k + (i < n % k) for i in range(k)]
+        self.parts, start = [], 0
+        for size in sizes:
+            self.parts.append(Stack(members[start: start + size], device))
+            start += size
+        self.rows, self.real = list(members), n
+        self._where = [(part, i) for part in self.parts for i in range(part.real)]
+
+    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        part, i = self._where[k]
+        return part.member_state_dict(i)
+
+    def unstack(self) -> None:
+        for part in self.parts:
+            part.unstack()
 
 
 # ---------------------------------------------------------------------------- evaluation
