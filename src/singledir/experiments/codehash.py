@@ -25,13 +25,14 @@ __all__ = ["MEASUREMENT_CODE", "TRAINING_CODE", "measurement_code_hash", "traini
 # The code that determines a measured number, relative to the package folder: its source is hashed into
 # every analysis cache key (with the analysis function's own module), so no hand-bumped version can be
 # forgotten. Folders are read recursively (*.py).
-MEASUREMENT_CODE = ("reliance", "measures", "models", "data", "analysis", "devices.py", "training/rundir.py",
-                    "training/run.py", "training/config.py")
+MEASUREMENT_CODE = ("reliance", "measures", "models", "data", "analysis", "devices.py", "threadlocal.py",
+                    "training/rundir.py", "training/run.py", "training/config.py")
 
 # The code whose edits can change a trained network's weights: its source hash is part of every run name.
-TRAINING_CODE = ("training/grouped.py", "training/stack.py", "training/threads.py", "training/loop.py",
-                 "training/target.py", "training/evaluation.py", "training/data.py", "training/config.py", "models",
-                 "data")
+TRAINING_CODE = ("training/grouped.py", "training/stack.py", "training/threads.py", "threadlocal.py",
+                 "training/loop.py", "training/target.py", "training/evaluation.py", "training/data.py",
+                 "training/config.py", "models", "data")
+
 
 def _package_files(rels: Sequence[str]) -> list[Path]:
     """The ``.py`` files under the package-relative paths ``rels`` (folders searched recursively)."""

@@ -23,60 +23,34 @@ Offers :func:`stack_workers` (how many stacks a group is cut into) and :func:`ma
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from singledir.threadlocal import set_local_threads, setters
+
 __all__ = ["stack_workers", "map_parts", "one_thread"]
-
-
-@functools.lru_cache(maxsize=1)
-def _setters():
-    """``(omp_set_num_threads, mkl_set_num_threads_local)`` of this torch build's libraries (ctypes), None
-    where missing. In the x86 wheels MKL is linked into ``libtorch_cpu.so``; ``mkl_set_num_threads_local``
-    is its Fortran entry point (a pointer argument); 0 restores MKL's global setting."""
-    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
-    try:
-        omp = ctypes.CDLL(os.path.join(lib, "libgomp.so.1")).omp_set_num_threads
-        omp.argtypes, omp.restype = [ctypes.c_int], None
-    except (OSError, AttributeError):
-        return None
-    try:
-        mkl = ctypes.CDLL(os.path.join(lib, "libtorch_cpu.so")).mkl_set_num_threads_local
-        mkl.argtypes, mkl.restype = [ctypes.POINTER(ctypes.c_int)], ctypes.c_int
-    except (OSError, AttributeError):
-        mkl = None
-    return omp, mkl
 
 
 @contextlib.contextmanager
 def one_thread():
     """The calling thread's torch ops on one thread (thread-local OpenMP / MKL counts), restored after."""
-    setters = _setters()
-    if setters is None:
+    if setters() is None:
         yield
         return
-    omp, mkl = setters
     before = torch.get_num_threads()  # this thread's count (torch initialises it on first use)
-    omp(1)
-    if mkl is not None:
-        mkl(ctypes.byref(ctypes.c_int(1)))
+    set_local_threads(1)
     try:
         yield
     finally:
-        omp(before)
-        if mkl is not None:
-            mkl(ctypes.byref(ctypes.c_int(0)))
+        set_local_threads(before, mkl_n=0)
 
 
 def stack_workers(device) -> int:
     """Stacks trained at once: the caller's ``torch.get_num_threads()`` on the CPU (1 without the
     thread-local setters), 1 elsewhere."""
-    if torch.device(device).type != "cpu" or _setters() is None:
+    if torch.device(device).type != "cpu" or setters() is None:
         return 1
     return max(1, torch.get_num_threads())
 
@@ -95,7 +69,7 @@ def map_parts(fn: Callable, parts: Sequence, cpu: bool = True) -> list:
         with torch.set_grad_enabled(grad), one_thread():
             return fn(p)
 
-    if len(parts) == 1 or _setters() is None:
+    if len(parts) == 1 or setters() is None:
         return [run(p) for p in parts]
     with ThreadPoolExecutor(max_workers=len(parts) - 1, thread_name_prefix="singledir-stack") as ex:
         futures = [ex.submit(run, p) for p in parts[1:]]

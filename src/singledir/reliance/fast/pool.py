@@ -13,7 +13,7 @@ independent in eval mode), and torch ops release the GIL, so ``W`` chunks are wa
 Python threads, ``W`` = ``torch.get_num_threads()`` -- the caller's setting, read, never changed: no
 code here calls ``torch.set_num_threads`` (an earlier version changed the process-wide count around
 every walk). Each worker's ops run on ``W // workers`` threads (1 when there are at least ``W`` chunks),
-set by the thread-local OpenMP / MKL calls (:func:`_thread_local_threads`), so the process uses the
+set by the thread-local OpenMP / MKL calls (:func:`singledir.threadlocal.set_local_threads`), so the process uses the
 caller's ``W`` threads in all, not ``W`` teams of ``W``. With one chunk it runs in the caller's thread
 at the caller's thread count.
 
@@ -31,15 +31,14 @@ round differently in the last bit. For a given thread count the results are repr
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
-import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 from torch.overrides import _get_current_function_mode_stack
+
+from singledir.threadlocal import set_local_threads
 
 __all__ = ["THREAD_LOCAL_WORKERS", "chunk_workers", "example_chunks", "host_reads_free", "map_chunks"]
 
@@ -67,38 +66,6 @@ def chunk_workers(device: torch.device) -> int:
     return max(1, torch.get_num_threads())
 
 
-@functools.lru_cache(maxsize=1)
-def _thread_setters():
-    """``(omp_set_num_threads, mkl_set_num_threads_local)`` of the libraries this torch build runs on
-    (ctypes), or None each where there is no such library or symbol (then the workers keep torch's
-    per-thread default). In the x86 wheels MKL is linked into ``libtorch_cpu.so`` and its
-    ``mkl_set_num_threads_local`` is the Fortran entry point (it takes a pointer)."""
-    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
-    try:
-        omp = ctypes.CDLL(os.path.join(lib, "libgomp.so.1")).omp_set_num_threads
-        omp.argtypes, omp.restype = [ctypes.c_int], None
-    except (OSError, AttributeError):
-        omp = None
-    try:
-        mkl = ctypes.CDLL(os.path.join(lib, "libtorch_cpu.so")).mkl_set_num_threads_local
-        mkl.argtypes, mkl.restype = [ctypes.POINTER(ctypes.c_int)], ctypes.c_int
-    except (OSError, AttributeError):
-        mkl = None
-    return omp, mkl
-
-
-def _thread_local_threads(n: int) -> None:
-    """Let the calling worker thread's torch ops use ``n`` threads: OpenMP's ``nthreads`` and MKL's local
-    thread count are per-thread settings (unlike ``torch.set_num_threads``, which also changes the
-    process-wide default); set after torch's own per-thread initialisation, which would overwrite them."""
-    torch.get_num_threads()  # torch initialises this thread's OpenMP / MKL counts on first use
-    omp, mkl = _thread_setters()
-    if omp is not None:
-        omp(n)
-    if mkl is not None:
-        mkl(ctypes.byref(ctypes.c_int(n)))
-
-
 def map_chunks(fn: Callable, chunks: Iterable, workers: int) -> list:
     """``[fn(chunk) for chunk in chunks]``, computed by ``workers`` threads (results in chunk order).
 
@@ -116,7 +83,7 @@ def map_chunks(fn: Callable, chunks: Iterable, workers: int) -> list:
 
     def run(c):
         # set per task: the pool's threads are kept between calls (:func:`_executor`)
-        _thread_local_threads(per_worker if THREAD_LOCAL_WORKERS else workers)
+        set_local_threads(per_worker if THREAD_LOCAL_WORKERS else workers)
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode(inference))
             stack.enter_context(torch.set_grad_enabled(grad))
