@@ -107,6 +107,16 @@ def no_dropout(dropout: float, name: str) -> None:
         )
 
 
+def check_image_model(name: str, input_shape, num_classes, width_mult, batchnorm, dropout
+                      ) -> tuple[tuple[int, int, int], int, float, bool]:
+    """The checked ``(input_shape, num_classes, width_mult, batchnorm)`` of the image model ``name`` (no
+    dropout; batch norm on by default), or a one-line :class:`SingledirError`."""
+    input_shape = check_image_shape(check_input_shape(input_shape), name)
+    num_classes, width_mult = check_num_classes(num_classes), check_width_mult(width_mult)
+    no_dropout(check_dropout(dropout), name)
+    return input_shape, num_classes, width_mult, check_batchnorm(batchnorm, default=True)
+
+
 def scale_channels(channels: int, width_mult: float) -> int:
     """``round(channels * width_mult)``, at least 1 (0.125 turns 64 into 8)."""
     return max(1, int(round(channels * width_mult)))

@@ -18,17 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from singledir.models._common import (
-    check_batchnorm,
-    check_dropout,
-    check_image_shape,
-    check_input_shape,
-    check_num_classes,
-    check_width_mult,
-    he_init_,
-    no_dropout,
-    scale_channels,
-)
+from singledir.models._common import check_image_model, he_init_, scale_channels
 
 CHANNELS = (64, 64, 128, 128, 128, 256, 256, 256, 512, 512, 512)
 STRIDES = (1, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1)
@@ -47,11 +37,8 @@ class ConvNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        input_shape = check_image_shape(check_input_shape(input_shape), "convnet")
-        num_classes = check_num_classes(num_classes)
-        width_mult = check_width_mult(width_mult)
-        no_dropout(check_dropout(dropout), "convnet")
-        batchnorm = check_batchnorm(batchnorm, default=True)
+        input_shape, num_classes, width_mult, batchnorm = check_image_model(
+            "convnet", input_shape, num_classes, width_mult, batchnorm, dropout)
 
         layers: list[nn.Module] = []
         unit_layers: list[str] = []

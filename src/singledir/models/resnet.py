@@ -21,17 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from singledir.models._common import (
-    check_batchnorm,
-    check_dropout,
-    check_image_shape,
-    check_input_shape,
-    check_num_classes,
-    check_width_mult,
-    he_init_,
-    no_dropout,
-    scale_channels,
-)
+from singledir.models._common import check_image_model, he_init_, scale_channels
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -80,11 +70,8 @@ class ResNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        input_shape = check_image_shape(check_input_shape(input_shape), "resnet")
-        num_classes = check_num_classes(num_classes)
-        width_mult = check_width_mult(width_mult)
-        no_dropout(check_dropout(dropout), "resnet")
-        batchnorm = check_batchnorm(batchnorm, default=True)
+        input_shape, num_classes, width_mult, batchnorm = check_image_model(
+            "resnet", input_shape, num_classes, width_mult, batchnorm, dropout)
 
         stem_ch = scale_channels(STAGE_CHANNELS[0], width_mult)
         self.stem = nn.Sequential(

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from singledir.reliance.fast.layout import ANCHOR_EVERY, buffer
+from singledir.reliance.fast.layout import ANCHOR_EVERY, AnchoredSum, buffer
 
 __all__ = ["DenseChain"]
 
@@ -57,29 +57,14 @@ class _Stage:
         self.bias = None if bias is None else bias.detach()
 
 
-class _Anchored:
-    """A consumer's transposed output ``(out, n)`` updated by rank-1 terms: float32 ``work`` (read by the next
-    nodes) re-anchored every :data:`ANCHOR_EVERY` terms to the float64 sum ``exact``, as
-    :class:`~.layout.AnchoredSum` (there in the (n, out) layout)."""
+class _Anchored(AnchoredSum):
+    """A consumer's transposed output ``(out, n)`` updated by rank-1 terms: :class:`~.layout.AnchoredSum`
+    in the transposed layout, on buffers the chain keeps per walk."""
 
-    __slots__ = ("work", "exact", "vs", "ws")
+    transposed = True
 
     def __init__(self, work: torch.Tensor, exact: torch.Tensor):
-        self.work = work
-        self.exact = exact.copy_(work)
-        self.vs: list = []
-        self.ws: list = []
-
-    def add(self, v: torch.Tensor, w64: torch.Tensor, w32: torch.Tensor) -> None:
-        self.vs.append(v)
-        self.ws.append(w64)
-        if len(self.vs) < ANCHOR_EVERY:
-            self.work.addr_(w32, v)
-            return
-        self.exact.addmm_(torch.stack(self.ws, 1), torch.stack(self.vs).to(torch.float64))
-        self.work.copy_(self.exact)
-        self.vs.clear()
-        self.ws.clear()
+        self._set(work, exact)
 
 
 class DenseChain:

@@ -75,9 +75,17 @@ class AnchoredSum:
     are ablated (the reference's own float32 matmul sums all units' terms in float32).
     """
 
+    #: False: ``work`` is (n, out) and a term is ``outer(v, w)``; True: the transposed layout (out, n) of
+    #: :mod:`.chainwalk`, a term ``outer(w, v)`` (the same sums, the same rounding).
+    transposed = False
+
     def __init__(self, start: torch.Tensor, bufs: dict, key):
-        self.exact = buffer(bufs, (key, "exact"), start, dtype=torch.float64).copy_(start)
-        self.work = buffer(bufs, (key, "work"), start).copy_(start)
+        self._set(buffer(bufs, (key, "work"), start).copy_(start),
+                  buffer(bufs, (key, "exact"), start, dtype=torch.float64))
+
+    def _set(self, work: torch.Tensor, exact: torch.Tensor) -> None:
+        self.work = work
+        self.exact = exact.copy_(work)
         self.vs: list = []
         self.ws: list = []
 
@@ -86,10 +94,15 @@ class AnchoredSum:
         self.vs.append(v)
         self.ws.append(w64)
         if len(self.vs) < ANCHOR_EVERY:
-            self.work.addr_(v, w32)
+            if self.transposed:
+                self.work.addr_(w32, v)
+            else:
+                self.work.addr_(v, w32)
             return
-        d = torch.stack(self.vs, 1).to(torch.float64)
-        self.exact.addmm_(d, torch.stack(self.ws))
+        if self.transposed:
+            self.exact.addmm_(torch.stack(self.ws, 1), torch.stack(self.vs).to(torch.float64))
+        else:
+            self.exact.addmm_(torch.stack(self.vs, 1).to(torch.float64), torch.stack(self.ws))
         self.work.copy_(self.exact)
         self.vs.clear()
         self.ws.clear()
