@@ -301,9 +301,14 @@ def test_fast_path_on_transformer_mlp_equals_plain(seq_transformer, layer):
     assert_unchanged(model, snap)
 
 
-def test_transformer_claim_is_opt_in_and_runs_tiny():
+def test_transformer_claim_is_opt_in_and_runs_tiny(monkeypatch):
     from singledir.experiments.claims import transformer as claim
     from singledir.experiments.reproduce import check_claims
+
+    def process_wide(n):  # the claim trains on one thread by thread-local settings, never process-wide ones
+        raise AssertionError(f"torch.set_num_threads({n}) called")
+
+    monkeypatch.setattr(torch, "set_num_threads", process_wide)
 
     assert "transformer" not in check_claims(None)
     assert check_claims(["transformer", "label-corruption"]) == ["label-corruption", "transformer"]

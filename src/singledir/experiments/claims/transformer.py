@@ -68,12 +68,10 @@ def preset_settings(preset: str) -> dict:
 def train_network(x, y, s: dict, seed: int):
     """A :class:`SeqTransformer` trained with Adam on ``(x, y)`` until training accuracy >= ``s["target"]``
     (checked each epoch) or ``s["max_epochs"]``; returns ``(model in eval mode, epochs, train accuracy)``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small steps: one thread is fastest on a CPU (and leaves the others free)
-    try:
+    from singledir.training.threads import one_thread
+
+    with one_thread():  # small steps: one thread is fastest on a CPU (thread-local; the process's count unchanged)
         return _train(x, y, s, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(x, y, s: dict, seed: int):
