@@ -111,3 +111,22 @@ def test_ctrl_c_under_ray_leaves_a_cache_the_next_run_resumes(tmp_path):
         else:
             assert new == ["train"], (name, events, before.get(name))  # not started (or stopped before writing anything)
     assert any(c for c, _, _ in before.values()) or any(s for _, s, _ in before.values())
+
+
+def test_a_ctrl_c_inside_the_ray_wait_loop_is_raised_where_it_is_checked():
+    """The Ray backend's wait loop records Ctrl-C and raises KeyboardInterrupt itself (a SIGINT that arrives
+    inside Ray's own calls cannot be lost there); the previous handler is back afterwards."""
+    import signal
+
+    from singledir.experiments.backends import _ctrl_c_seen
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_seen() as seen:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs at the next bytecode: recorded, not raised here
+            assert seen == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is before
+    with _ctrl_c_seen() as seen:  # no Ctrl-C: nothing raised
+        pass
+    assert seen == [] and signal.getsignal(signal.SIGINT) is before

@@ -377,12 +377,16 @@ def load_corruption(run_dir: Path) -> dict[str, torch.Tensor]:
         raise RunDirError(f"cannot read {path}: {err}; the run directory is damaged") from None
 
 
+# pandas 3 parses floats exactly by default and deprecates the option that asks for it on pandas 2
+_EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
+
 def read_history(run_dir: Path) -> pd.DataFrame:
-    """history.csv as written: floats parsed to the exact values saved (pandas < 2.2 parses the last bit
-    differently by default, so a resumed run would rewrite its earlier rows changed)."""
+    """history.csv as written: floats parsed to the exact values saved (pandas 2's default parser rounds some
+    one ulp off, so a resumed run would rewrite its earlier rows changed)."""
     path = Path(run_dir) / HISTORY
     try:
-        return pd.read_csv(path, float_precision="round_trip")
+        return pd.read_csv(path, **_EXACT_FLOATS)
     except Exception as err:  # noqa: BLE001
         raise RunDirError(f"cannot read {path}: {err}; the run directory is damaged") from None
 
