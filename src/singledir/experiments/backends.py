@@ -27,8 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -102,28 +100,6 @@ class LocalBackend:
             self._pool = None
 
 
-@contextlib.contextmanager
-def _ctrl_c_seen():
-    """A list that gets an entry for every Ctrl-C (SIGINT) while the block runs, in place of Python's
-    KeyboardInterrupt at an arbitrary point: the caller raises it where it checks. Only in the main thread
-    and only where SIGINT has Python's default handler (an ignored or custom one is left as it is)."""
-    import signal
-    import threading
-
-    seen: list = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield seen
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
-    try:
-        yield seen
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if seen:
-        raise KeyboardInterrupt
-
-
 def import_ray():
     """The ``ray`` module, or a one-line :class:`SingledirError` saying how to install it."""
     try:
@@ -173,14 +149,11 @@ class RayBackend:
         index = {task.remote(fn, args, 1): i for i, args in enumerate(calls)}
         pending = list(index)
         try:
-            with _ctrl_c_seen() as seen:
-                while pending:
-                    if seen:  # raised here: a Ctrl-C that arrived inside Ray's calls is not lost there
-                        raise KeyboardInterrupt
-                    done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-                    for ref in done:
-                        cpu, out = ray.get(ref)  # re-raises a task's error (as its own type) here
-                        yield index[ref], cpu, out
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=1.0)  # (Ctrl-C is seen between waits)
+                for ref in done:
+                    cpu, out = ray.get(ref)  # re-raises a task's error (as its own type) here
+                    yield index[ref], cpu, out
         finally:
             for ref in pending:  # a running task gets KeyboardInterrupt: it saves its state, frees its lease
                 ray.cancel(ref)
