@@ -26,7 +26,6 @@ from singledir.experiments import verdicts
 from singledir.experiments.claims.label_corruption import BOUND, trend_rule
 from singledir.experiments.context import ClaimResult, Context, Part
 from singledir.reporting.formatting import fmt_corr_power, fmt_p
-from singledir.stats import power
 
 NAME = "transformer"
 TITLE = "A memorizing transformer relies more on single MLP neurons"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from singledir.reliance.fast.layout import ANCHOR_EVERY, AnchoredSum, buffer
+from singledir.reliance.fast.layout import AnchoredSum, buffer
 
 __all__ = ["DenseChain"]
 
