@@ -13,7 +13,6 @@ import singledir as sd
 from singledir.models import build_model
 from singledir.reliance.common import layer_plans, prepare
 from singledir.reliance.fast import FastEvaluator
-from singledir.reliance.fast.chainwalk import DenseChain
 from singledir.reliance.testing import compare_curves, compare_importance, compare_noise, digits
 
 
@@ -77,3 +76,38 @@ def test_noise_agrees_with_the_reference(data):
         ref = sd.noise_curves(m, data, layers, method="reference", **kw)
         cmp = compare_noise(m, data, fast, ref)
         assert cmp.ok, cmp.summary()
+
+
+@pytest.mark.parametrize("clamp", ["zero", "mean"])
+def test_curves_with_an_unanalysed_layer_between_agree_with_the_reference(data, clamp):
+    # hidden.1 not analysed: the live rows of hidden.2 reorder the outputs of a stage without a marker
+    m3 = mlp(depth=3)
+    layers = ["hidden.0", "hidden.2"]
+    kw = dict(repeats=2, clamp=clamp, progress=False, seed=5)
+    for levels in (None, [0, 3, 20, 47, 48]):
+        fast = sd.ablation_curves(m3, data, layers, levels=levels, method="fast", **kw)
+        ref = sd.ablation_curves(m3, data, layers, levels=levels, method="reference", **kw)
+        cmp = compare_curves(m3, data, fast, ref)
+        assert cmp.ok, cmp.summary()
+
+
+def test_levels_compute_only_the_live_rows(data, monkeypatch):
+    # the readout's inner dimension is the hidden.1 units not yet ablated, at every level it is recomputed
+    from singledir.reliance.fast import chainwalk
+
+    model = mlp(width=24)
+    seen = []
+    real = chainwalk._ChainWalk._linear
+
+    def spy(self, i):
+        if i == len(self.dc.stages) - 1:
+            seen.append((self.counts[1], tuple(self.fwA[i].shape), tuple(self.hA[i].shape)))
+        return real(self, i)
+
+    monkeypatch.setattr(chainwalk._ChainWalk, "_linear", spy)
+    res = sd.ablation_curves(model, data, ["hidden.0", "hidden.1"], repeats=1, progress=False, seed=2,
+                             method="fast")
+    assert seen and any(c > 0 for c, _w, _h in seen)
+    for ablated, (out, k), (rows, _n) in seen:
+        assert out == 10 and k == rows == 24 - ablated
+    assert len(res.curves) == 49

@@ -323,3 +323,41 @@ def test_colmajor_probe_propagates_out_of_memory(data, monkeypatch):
     monkeypatch.setattr(FastEvaluator, "to_colmajor", fail)
     with pytest.raises(oom):
         sd.ablation_curves(mlp(), data, ["hidden.0", "hidden.1"], repeats=1, levels=[0, 3], progress=False)
+
+
+def test_score_queue_scores_each_level_as_score_does_including_ties():
+    from singledir.reliance.fast.scoring import ScoreQueue
+
+    g = torch.Generator().manual_seed(3)
+    n, k, levels = 300, 10, 9
+    y = torch.randint(0, k, (n,), generator=g)
+    queue = ScoreQueue(y, k, torch.float32, 4)  # 9 levels: two full rings and a flush
+    want = []
+    for level in range(levels):
+        logits = (torch.randn(n, k, generator=g) * 3).round() if level % 2 else torch.randn(n, k, generator=g)
+        if level == 4:  # the label tied with another class at the maximum, before and after it
+            logits[:50, 2] = logits[:50, 7] = logits[:50].amax(1) + 1
+            y_tie = y.clone()
+        want.append(score(logits, y))
+        queue.push(logits.t().contiguous().t(), level)
+    got = {key: (c, lo) for key, c, lo in queue.flush()}
+    assert sorted(got) == list(range(levels))
+    for level, (c, lo) in enumerate(want):
+        assert got[level][0] == c
+        assert got[level][1] == pytest.approx(lo, rel=1e-6)
+    assert int((y_tie[:50] == 2).sum()) + int((y_tie[:50] == 7).sum()) > 0  # the tie rule was exercised
+
+
+def test_last_level_cache_is_read_from_sysfs(tmp_path):
+    from singledir.reliance.fast.probe import last_level_cache
+
+    for name, level, kind, size in (("index0", 1, "Data", "48K"), ("index1", 1, "Instruction", "32K"),
+                                     ("index2", 2, "Unified", "1280K"), ("index3", 3, "Unified", "49152K")):
+        d = tmp_path / name
+        d.mkdir()
+        for f, v in (("level", level), ("type", kind), ("size", size)):
+            (d / f).write_text(f"{v}\n")
+    assert last_level_cache(tmp_path) == 48 << 20
+    (tmp_path / "index3" / "size").write_text("garbage\n")  # unreadable sizes are skipped
+    assert last_level_cache(tmp_path) == 1280 << 10
+    assert last_level_cache(tmp_path / "missing") == 0

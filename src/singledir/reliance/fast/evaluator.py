@@ -15,7 +15,8 @@ level walk and its incremental updates are in :mod:`.walk`; the column-major lay
 in :mod:`.layout`; scoring in :mod:`.scoring`.
 
 *Chunks* (sized by :mod:`.probe`). Example chunks are sized so that the recomputed state of one chunk
-stays cache-sized on the CPU (``_CACHE_TARGET``), or fits a quarter of the free memory of a CUDA device,
+stays in each worker's share of the CPU's last-level cache (at least ``_CACHE_TARGET``), or fits a
+quarter of the free memory of a CUDA device,
 and everything held by the workers at once stays within ``memory_budget``; their number is a multiple of
 the workers (:mod:`.pool`).
 

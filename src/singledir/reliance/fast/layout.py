@@ -89,6 +89,13 @@ class AnchoredSum:
         self.vs: list = []
         self.ws: list = []
 
+    def narrow(self, rows: int) -> None:
+        """Transposed layout: from now on keep only the first ``rows`` rows of ``work`` up to date (the
+        others are no longer read); the float32 terms ``w32`` then have ``rows`` entries, the float64
+        ones ``w64`` may keep all of theirs."""
+        if rows != self.work.shape[0]:
+            self.work, self.exact = self.work[:rows], self.exact[:rows]
+
     def add(self, v: torch.Tensor, w64: torch.Tensor, w32: torch.Tensor) -> None:
         """Add ``outer(v, w)`` (``v``: (n,) in the model's dtype; ``w`` in float64 and float32)."""
         self.vs.append(v)
@@ -100,7 +107,9 @@ class AnchoredSum:
                 self.work.addr_(v, w32)
             return
         if self.transposed:
-            self.exact.addmm_(torch.stack(self.ws, 1), torch.stack(self.vs).to(torch.float64))
+            w = torch.stack(self.ws, 1)  # (out, terms): the rows of ``exact`` still updated (:meth:`narrow`)
+            self.exact.addmm_(w if len(w) == len(self.exact) else w[: len(self.exact)],
+                              torch.stack(self.vs).to(torch.float64))
         else:
             self.exact.addmm_(torch.stack(self.vs, 1).to(torch.float64), torch.stack(self.ws))
         self.work.copy_(self.exact)
