@@ -24,7 +24,8 @@ types, each value rounded the same number of times):
   the rank-1 updates of the stage before read and write (:class:`_ChainWalk`; the Linear then sums its
   live terms in another order, a float-rounding difference);
   the output Linear writes into the score queue's next slot (:meth:`~.scoring.ScoreQueue.slot`), so a
-  level's logits are not copied to be scored (A/B on the MLP curve: 0.677 -> 0.598 s of CPU).
+  level's logits are not copied to be scored (A/B on the MLP curve: 0.677 -> 0.598 s of CPU); so does a
+  rank-1 update of the logits (``torch.addr(previous level's slot, ..., out=next slot)``: the same sums).
 
 Why it is faster. :class:`~.walk.LevelWalk` re-derives at every level which nodes change, builds edits,
 folds weights anew and looks up buffers: ~250 us of Python per level and chunk on this project's CPU,
@@ -197,7 +198,6 @@ class _ChainWalk:
                 cols = (lambda t: t) if pout is None else (lambda t: t.index_select(1, pout))
                 self.w32[i], self.n32[i] = cols(s.wt32), cols(s.nwt32)
                 self.w64rows[i], self.n64rows[i] = list(cols(s.wt64).unbind(0)), list(cols(s.nwt64).unbind(0))
-        self.owned = [i + 1 < L for i in range(L)]  # z[i] is this walk's buffer (else the base env's / a slot)
         self.acc: list = [None] * L
         self.counts = [0] * L
         self.values = [None if s.li is None else plans[s.li].values.tolist() for s in st]
@@ -212,6 +212,7 @@ class _ChainWalk:
         self.hA, self.zA, self.fwA, self.fbA, self.w32A, self.n32A = ([None] * L for _ in range(6))
         for i in range(L):
             self._views(i)
+        self.stale: set = set()  # stages whose views wait for the next level that uses them
 
     def _views(self, i: int) -> None:
         """Refresh stage ``i``'s views of its live rows (after its or the next stage's units were ablated,
@@ -264,9 +265,9 @@ class _ChainWalk:
         if self.perm[i] is not None:
             self.live_in[i] = s.units - self.counts[i]
             self.live_out[i - 1] = self.live_in[i]
-            self._views(i - 1)
+            self.stale.add(i - 1)
         if self.perm[i] is not None or fill_changed:
-            self._views(i)
+            self.stale.add(i)
 
     def advance(self, new: dict) -> None:
         dc, stages = self.dc, self.dc.stages
@@ -275,18 +276,26 @@ class _ChainWalk:
             i = dc.stage_of[li]
             self._ablate(i, units)
             i0 = min(i0, i)
+        if self.stale:  # the stages this level computes (i0 and after) need their views now
+            for i in [i for i in self.stale if i >= i0]:
+                self._views(i)
+                self.stale.discard(i)
         s = stages[i0]
         if self.counts[i0] < s.units:  # incremental update of stage i0's consumer
             acc = self.acc[i0]
             if acc is None:
                 acc = self.acc[i0] = self._anchored(i0)
             rows, vals = self.rows[i0], self.values[i0]
+            # the logits: written into the score queue's next slot (the last level's are only read)
+            out = self.slot = self.queue.slot() if i0 + 1 == len(stages) else None
             for u in new[s.li]:
                 c = vals[u]
                 if c == 0.0:
-                    acc.add(rows[u], self.n64rows[i0][u], self.n32A[i0][u])
+                    acc.add(rows[u], self.n64rows[i0][u], self.n32A[i0][u], out)
                 else:
-                    acc.add(torch.rsub(rows[u], c), self.w64rows[i0][u], self.w32A[i0][u])
+                    acc.add(torch.rsub(rows[u], c), self.w64rows[i0][u], self.w32A[i0][u], out)
+            if out is not None:
+                self.z[i0] = out
         else:  # fully ablated: recomputed (all weights folded to zero: the bias, as the reference)
             self._linear(i0)
         for j in range(i0 + 1, len(stages)):
@@ -294,17 +303,15 @@ class _ChainWalk:
             self._linear(j)
 
     def _anchored(self, i: int) -> _Anchored:
+        """An accumulator on stage ``i``'s output: the walk's buffer, or for the logits (the base env's or a
+        queue slot, only read) the slots each level writes (:meth:`advance`)."""
         z = self.z[i]
-        if not self.owned[i]:  # the logits: the base env's or a queue slot
-            z = self.z[i] = buffer(self.bufs, ("z", i), z).copy_(z)
-            self.owned[i] = True
         return _Anchored(z, buffer(self.bufs, ("exact", i), z, dtype=torch.float64), self.live_out[i])
 
     def _linear(self, i: int) -> None:
         """Stage ``i``'s Linear on its current input with the folded weights (its accumulator restarts)."""
         if i + 1 == len(self.dc.stages):  # the logits: straight into the score queue's next slot
             z = out = self.slot = self.queue.slot()
-            self.owned[i] = False
         else:
             z, out = self.z[i], self.zA[i]
         b = self.fbA[i]

@@ -96,10 +96,19 @@ class AnchoredSum:
         if rows != self.work.shape[0]:
             self.work, self.exact = self.work[:rows], self.exact[:rows]
 
-    def add(self, v: torch.Tensor, w64: torch.Tensor, w32: torch.Tensor) -> None:
-        """Add ``outer(v, w)`` (``v``: (n,) in the model's dtype; ``w`` in float64 and float32)."""
+    def add(self, v: torch.Tensor, w64: torch.Tensor, w32: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        """Add ``outer(v, w)`` (``v``: (n,) in the model's dtype; ``w`` in float64 and float32).
+
+        ``out`` (transposed layout): write the new sum there and keep it as ``work`` from now on (the
+        previous ``work`` is only read: the chain walk writes the logits of each level into a new slot of
+        its score ring this way instead of updating a buffer and copying it there)."""
         self.vs.append(v)
         self.ws.append(w64)
+        if out is not None and out is not self.work:
+            if len(self.vs) < ANCHOR_EVERY:
+                self.work = torch.addr(self.work, w32, v, out=out)
+                return
+            self.work = out
         if len(self.vs) < ANCHOR_EVERY:
             if self.transposed:
                 self.work.addr_(w32, v)
