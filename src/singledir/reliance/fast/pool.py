@@ -24,8 +24,9 @@ worker, so a chunk runs as it would in the caller's thread.
 
 The numbers depend on ``W`` only by float rounding: a chunk's arithmetic is the same whichever thread
 runs it and the per-chunk totals are summed in chunk order, but the chunk size is chosen for ``W``
-workers (:func:`.probe.balanced_chunk`) and a GEMM over a different number of rows may
-round differently in the last bit. For a given thread count the results are reproducible.
+workers and the CPU's last-level cache (:func:`.probe.device_chunk`, :func:`.probe.balanced_chunk`) and a
+GEMM over a different number of rows may round differently in the last bit. For a given kind of CPU and
+thread count the results are reproducible.
 """
 
 from __future__ import annotations
