@@ -356,7 +356,7 @@ class FastEvaluator:
                 watched = {key: [] for key in watch}
                 y = y.to(self.device)
                 base_env = self.base_env(start, x)
-                base_scores = example_scores(base_env[self.out_node], y)
+                base_scores = None  # per-example scores of the unablated chunk: for LevelWalk's row-sparse steps
                 bufs: dict = {}  # reused by each curve's walk (a walk starts from base_env, never from these)
                 queue = None
                 if self.colmajor:  # no row-sparse steps: level totals suffice, scored in batches
@@ -370,6 +370,8 @@ class FastEvaluator:
                             res[ci][0][i] += c
                             res[ci][1][i] += lo
                     else:
+                        if base_scores is None:
+                            base_scores = example_scores(base_env[self.out_node], y)
                         walk = LevelWalk(self, base_env, curve.plans, bufs)
                         self._walk(ci, curve, walk, base_scores, y, queue, res[ci], watched)
                     bar.update(len(curve.levels))

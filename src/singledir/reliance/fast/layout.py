@@ -78,6 +78,9 @@ class AnchoredSum:
     #: False: ``work`` is (n, out) and a term is ``outer(v, w)``; True: the transposed layout (out, n) of
     #: :mod:`.chainwalk`, a term ``outer(w, v)`` (the same sums, the same rounding).
     transposed = False
+    #: Transposed layout: ``work``'s rows are the outputs in this order (a LongTensor; None: as given); the
+    #: float64 terms ``w64`` keep the outputs' own order, the float32 ones ``w32`` come in ``work``'s.
+    order = None
 
     def __init__(self, start: torch.Tensor, bufs: dict, key):
         self._set(buffer(bufs, (key, "work"), start).copy_(start),
@@ -117,8 +120,11 @@ class AnchoredSum:
             return
         if self.transposed:
             w = torch.stack(self.ws, 1)  # (out, terms): the rows of ``exact`` still updated (:meth:`narrow`)
-            self.exact.addmm_(w if len(w) == len(self.exact) else w[: len(self.exact)],
-                              torch.stack(self.vs).to(torch.float64))
+            if self.order is not None:  # the terms' entries in another order than ``work``'s rows
+                w = w.index_select(0, self.order[: len(self.exact)])
+            elif len(w) != len(self.exact):
+                w = w[: len(self.exact)]
+            self.exact.addmm_(w, torch.stack(self.vs).to(torch.float64))
         else:
             self.exact.addmm_(torch.stack(self.vs, 1).to(torch.float64), torch.stack(self.ws))
         self.work.copy_(self.exact)
