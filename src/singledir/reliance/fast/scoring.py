@@ -103,10 +103,12 @@ class ScoreQueue:
             diff, both = sign.sum(1, dtype=wide).tolist(), sign.abs_().sum(1, dtype=wide).tolist()
             n = self.n
             for j, key in enumerate(self.pending):
-                c, lo = int(diff[j] + both[j]) // 2, loss[j]
-                if both[j] != n or not math.isfinite(lo):  # a tie (or NaN): argmax's rule decides
+                lo = loss[j]
+                if both[j] != n or not math.isfinite(lo):  # a tie (or a NaN: sign 0 or NaN): argmax decides
                     cv, lv = example_scores(self.ring[j].t(), self.y, check=True)
                     c, lo = int(cv.sum()), float(lv.sum())
+                else:
+                    c = int(diff[j] + both[j]) // 2
                 self.done.append((key, c, lo))
             self.pending.clear()
 
